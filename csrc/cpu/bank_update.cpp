@@ -1,0 +1,71 @@
+// Memory-bank update on CPU: gather, mix, re-normalise and scatter each row in one go.
+#include <cmath>
+#include <vector>
+
+#include "common/dtype.h"
+#include "cpu/kernels.h"
+
+namespace llp::cpu {
+
+namespace {
+
+template <typename BankT, typename EmbT>
+int64_t bank_update_typed(BankT* bank, int64_t N, int64_t D, const int64_t* idx,
+                          const EmbT* emb, int64_t B, float momentum, int threads) {
+  int64_t first_bad = -1;
+  for (int64_t b = 0; b < B; ++b) {
+    if (idx[b] < 0 || idx[b] >= N) { first_bad = b; break; }
+  }
+  if (first_bad >= 0) return first_bad;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> mixed(static_cast<size_t>(D));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      BankT* row = bank + idx[b] * D;
+      const EmbT* v = emb + b * D;
+      float sq = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float x = momentum * Storage<BankT>::load(row, d) +
+                        (1.0f - momentum) * Storage<EmbT>::load(v, d);
+        mixed[d] = x;
+        sq += x * x;
+      }
+      // Same guard as torch.nn.functional.normalize: divide by max(norm, eps).
+      const float inv_norm = 1.0f / std::fmax(std::sqrt(sq), 1e-12f);
+      for (int64_t d = 0; d < D; ++d) Storage<BankT>::store(row, d, mixed[d] * inv_norm);
+    }
+  }
+  return -1;
+}
+
+template <typename BankT>
+int64_t dispatch_emb(BankT* bank, int64_t N, int64_t D, const int64_t* idx, const void* emb,
+                     int emb_dtype, int64_t B, float momentum, int threads) {
+  switch (emb_dtype) {
+    case kFloat32:
+      return bank_update_typed(bank, N, D, idx, static_cast<const float*>(emb), B, momentum, threads);
+    case kBFloat16:
+      return bank_update_typed(bank, N, D, idx, static_cast<const bf16_t*>(emb), B, momentum, threads);
+    case kFloat16:
+      return bank_update_typed(bank, N, D, idx, static_cast<const f16_t*>(emb), B, momentum, threads);
+  }
+  return -2;
+}
+
+}  // namespace
+
+int64_t bank_update(void* bank, int bank_dtype, int64_t N, int64_t D, const int64_t* idx,
+                    const void* emb, int emb_dtype, int64_t B, float momentum, int threads) {
+  switch (bank_dtype) {
+    case kFloat32:
+      return dispatch_emb(static_cast<float*>(bank), N, D, idx, emb, emb_dtype, B, momentum, threads);
+    case kBFloat16:
+      return dispatch_emb(static_cast<bf16_t*>(bank), N, D, idx, emb, emb_dtype, B, momentum, threads);
+    case kFloat16:
+      return dispatch_emb(static_cast<f16_t*>(bank), N, D, idx, emb, emb_dtype, B, momentum, threads);
+  }
+  return -2;
+}
+
+}  // namespace llp::cpu

@@ -1,0 +1,44 @@
+// CPU kernels of llp_kernels._C. All work on one similarity tile at a time: the
+// Python side fills a bounded [rows x cols] fp32 buffer with raw dot products
+// (BLAS GEMM via torch.mm) and hands it here, so no kernel ever sees a B x N array.
+// Every function parallelises over rows with OpenMP using `threads` threads.
+#pragma once
+#include <cstdint>
+
+namespace llp::cpu {
+
+// Dual online log-sum-exp (aggregation loss forward), one tile of columns [lo, lo+n).
+//   dots:        [B, n] raw q.k (row stride ld), logits are dots * inv_tau
+//   bank_labels: [n] labels of the tile's bank rows (< 0: no label)
+//   query_labels:[B]
+//   m_all, s_all, m_same, s_same: [B] running (max, sum of exp(x - max)), updated.
+void lse_tile_update(const float* dots, int64_t B, int64_t n, int64_t ld,
+                     const int64_t* bank_labels, const int64_t* query_labels, float inv_tau,
+                     float* m_all, float* s_all, float* m_same, float* s_same, int threads);
+
+// Aggregation loss backward weights, in place over one tile:
+//   w[b,j] = scale[b] * (exp(x - lse_all[b]) - [label_j == ql_b] exp(x - lse_same[b])),
+//   x = dots[b,j] * inv_tau. Rows with lse_same = -inf (empty positive set) get w = 0.
+// The caller then does dq += w @ bank_tile.
+void lse_grad_tile(float* dots, int64_t B, int64_t n, int64_t ld,
+                   const int64_t* bank_labels, const int64_t* query_labels, float inv_tau,
+                   const float* lse_all, const float* lse_same, const float* scale, int threads);
+
+// Streaming top-k, one tile of columns [offset, offset+n): value = dots*inv_tau - bias[j].
+// heap_vals/heap_idx: [Q, k] per-row min-heaps (worst on top); the first k columns seen
+// fill them, later ones enter only if strictly larger than the current k-th best
+// (so among equal values the lower index wins). bias may be null.
+void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const float* bias,
+                      float inv_tau, int64_t offset, int64_t k, float* heap_vals,
+                      int64_t* heap_idx, int threads);
+
+// Sort each row's heap: values descending, ties by ascending index.
+void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, int threads);
+
+// bank[idx[b]] = normalize(m * bank[idx[b]] + (1 - m) * emb[b]) for b < B; idx unique.
+// Returns the position of the first out-of-range index, or -1 when all were valid
+// (invalid rows are skipped, never written).
+int64_t bank_update(void* bank, int bank_dtype, int64_t N, int64_t D, const int64_t* idx,
+                    const void* emb, int emb_dtype, int64_t B, float momentum, int threads);
+
+}  // namespace llp::cpu

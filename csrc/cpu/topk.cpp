@@ -1,0 +1,126 @@
+// Streaming top-k on CPU: a per-row min-heap of the k best (value, index) pairs,
+// fed by a vectorised threshold filter; only columns that beat the current k-th best
+// touch the heap (about k*ln(N/k) of N per row), so the filter is the hot loop.
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace llp::cpu {
+
+namespace {
+
+// "a is worse than b": smaller value, or equal value and larger index.
+inline bool worse(float va, int64_t ia, float vb, int64_t ib) {
+  return va < vb || (va == vb && ia > ib);
+}
+
+void sift_down(float* v, int64_t* ix, int64_t k, int64_t pos) {
+  const float val = v[pos];
+  const int64_t idx = ix[pos];
+  while (true) {
+    int64_t child = 2 * pos + 1;
+    if (child >= k) break;
+    if (child + 1 < k && worse(v[child + 1], ix[child + 1], v[child], ix[child])) ++child;
+    if (!worse(v[child], ix[child], val, idx)) break;
+    v[pos] = v[child];
+    ix[pos] = ix[child];
+    pos = child;
+  }
+  v[pos] = val;
+  ix[pos] = idx;
+}
+
+void sift_up(float* v, int64_t* ix, int64_t pos) {
+  const float val = v[pos];
+  const int64_t idx = ix[pos];
+  while (pos > 0) {
+    int64_t parent = (pos - 1) / 2;
+    if (!worse(val, idx, v[parent], ix[parent])) break;
+    v[pos] = v[parent];
+    ix[pos] = ix[parent];
+    pos = parent;
+  }
+  v[pos] = val;
+  ix[pos] = idx;
+}
+
+constexpr int64_t kFilterBlock = 16;
+
+}  // namespace
+
+void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const float* bias,
+                      float inv_tau, int64_t offset, int64_t k, float* heap_vals,
+                      int64_t* heap_idx, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t q = 0; q < Q; ++q) {
+    const float* row = dots + q * ld;
+    float* hv = heap_vals + q * k;
+    int64_t* hi = heap_idx + q * k;
+    int64_t j = 0;
+    // Fill phase: the first k columns overall go in unconditionally.
+    for (; j < n && offset + j < k; ++j) {
+      const int64_t pos = offset + j;
+      hv[pos] = row[j] * inv_tau - (bias ? bias[j] : 0.0f);
+      hi[pos] = offset + j;
+      sift_up(hv, hi, pos);
+    }
+    float threshold = hv[0];
+    // Filter phase, one block of columns at a time: a vectorised max decides whether
+    // the block can hold anything better than the current k-th best.
+    for (; j < n; j += kFilterBlock) {
+      const int64_t end = std::min(n, j + kFilterBlock);
+      float block_max = -__builtin_inff();
+      if (bias) {
+#pragma omp simd reduction(max : block_max)
+        for (int64_t c = j; c < end; ++c) {
+          const float v = row[c] * inv_tau - bias[c];
+          block_max = v > block_max ? v : block_max;
+        }
+      } else {
+#pragma omp simd reduction(max : block_max)
+        for (int64_t c = j; c < end; ++c) {
+          const float v = row[c] * inv_tau;
+          block_max = v > block_max ? v : block_max;
+        }
+      }
+      if (!(block_max > threshold)) continue;
+      for (int64_t c = j; c < end; ++c) {
+        const float v = row[c] * inv_tau - (bias ? bias[c] : 0.0f);
+        if (v > threshold) {
+          hv[0] = v;
+          hi[0] = offset + c;
+          sift_down(hv, hi, k, 0);
+          threshold = hv[0];
+        }
+      }
+    }
+  }
+}
+
+void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, int threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<int64_t> order(static_cast<size_t>(k));
+    std::vector<float> tmp_v(static_cast<size_t>(k));
+    std::vector<int64_t> tmp_i(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < Q; ++q) {
+      float* hv = heap_vals + q * k;
+      int64_t* hi = heap_idx + q * k;
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return worse(hv[b], hi[b], hv[a], hi[a]);
+      });
+      for (int64_t r = 0; r < k; ++r) {
+        tmp_v[r] = hv[order[r]];
+        tmp_i[r] = hi[order[r]];
+      }
+      std::copy(tmp_v.begin(), tmp_v.end(), hv);
+      std::copy(tmp_i.begin(), tmp_i.end(), hi);
+    }
+  }
+}
+
+}  // namespace llp::cpu

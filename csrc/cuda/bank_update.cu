@@ -1,0 +1,109 @@
+// Memory-bank update on CUDA: one warp per updated row gathers the bank row and the
+// new embedding, mixes them in fp32, reduces the squared norm with warp shuffles and
+// writes the re-normalised row back in the bank's dtype.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "common/dtype.h"
+#include "cuda/kernels.h"
+
+namespace llp::cuda {
+
+namespace {
+
+template <typename T> struct Dev;
+template <> struct Dev<float> {
+  __device__ static float load(const float* p) { return *p; }
+  __device__ static void store(float* p, float v) { *p = v; }
+};
+template <> struct Dev<__nv_bfloat16> {
+  __device__ static float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+  __device__ static void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+};
+template <> struct Dev<__half> {
+  __device__ static float load(const __half* p) { return __half2float(*p); }
+  __device__ static void store(__half* p, float v) { *p = __float2half_rn(v); }
+};
+
+constexpr int kWarpsPerBlock = 8;
+
+template <typename BankT, typename EmbT>
+__global__ void bank_update_kernel(BankT* __restrict__ bank, int64_t D,
+                                   const int64_t* __restrict__ idx,
+                                   const EmbT* __restrict__ emb, int64_t B, float momentum) {
+  const int lane = threadIdx.x & 31;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (b >= B) return;
+  BankT* row = bank + idx[b] * D;
+  const EmbT* v = emb + b * D;
+
+  float sq = 0.0f;
+  for (int64_t d = lane; d < D; d += 32) {
+    const float x = momentum * Dev<BankT>::load(row + d) + (1.0f - momentum) * Dev<EmbT>::load(v + d);
+    sq += x * x;
+  }
+  for (int off = 16; off > 0; off >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, off);
+  const float inv_norm = 1.0f / fmaxf(sqrtf(sq), 1e-12f);
+  // Each lane rewrites only the elements it read, so re-reading them here is safe.
+  for (int64_t d = lane; d < D; d += 32) {
+    const float x = momentum * Dev<BankT>::load(row + d) + (1.0f - momentum) * Dev<EmbT>::load(v + d);
+    Dev<BankT>::store(row + d, x * inv_norm);
+  }
+}
+
+template <typename BankT, typename EmbT>
+std::string launch(void* bank, int64_t D, const int64_t* idx, const void* emb, int64_t B,
+                   float momentum, cudaStream_t stream) {
+  const int64_t blocks = (B + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  bank_update_kernel<BankT, EmbT><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
+      static_cast<BankT*>(bank), D, idx, static_cast<const EmbT*>(emb), B, momentum);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return std::string("bank_update_kernel: ") + cudaGetErrorString(err);
+  return {};
+}
+
+template <typename BankT>
+std::string dispatch_emb(void* bank, int64_t D, const int64_t* idx, const void* emb, int emb_dtype,
+                         int64_t B, float momentum, cudaStream_t stream) {
+  switch (emb_dtype) {
+    case kFloat32: return launch<BankT, float>(bank, D, idx, emb, B, momentum, stream);
+    case kBFloat16: return launch<BankT, __nv_bfloat16>(bank, D, idx, emb, B, momentum, stream);
+    case kFloat16: return launch<BankT, __half>(bank, D, idx, emb, B, momentum, stream);
+  }
+  return "bank_update: unsupported embeddings dtype code " + std::to_string(emb_dtype);
+}
+
+}  // namespace
+
+std::string bank_update(void* bank, int bank_dtype, int64_t N, int64_t D, const int64_t* idx,
+                        const void* emb, int emb_dtype, int64_t B, float momentum, int device,
+                        void* stream) {
+  if (B == 0) return {};
+  // This module carries its own (static) CUDA runtime: select the device explicitly
+  // rather than relying on state set through torch's runtime.
+  if (const cudaError_t err = cudaSetDevice(device); err != cudaSuccess)
+    return std::string("bank_update: cudaSetDevice: ") + cudaGetErrorString(err);
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (bank_dtype) {
+    case kFloat32: return dispatch_emb<float>(bank, D, idx, emb, emb_dtype, B, momentum, s);
+    case kBFloat16: return dispatch_emb<__nv_bfloat16>(bank, D, idx, emb, emb_dtype, B, momentum, s);
+    case kFloat16: return dispatch_emb<__half>(bank, D, idx, emb, emb_dtype, B, momentum, s);
+  }
+  return "bank_update: unsupported bank dtype code " + std::to_string(bank_dtype);
+}
+
+int device_count(std::string* why) {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    if (why) *why = cudaGetErrorString(err);
+    cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return -1;
+  }
+  return n;
+}
+
+}  // namespace llp::cuda

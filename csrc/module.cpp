@@ -1,0 +1,110 @@
+// pybind11 module llp_kernels._C. It links no libtorch: every tensor arrives as a raw
+// data pointer (uintptr_t) plus sizes and a dtype code, already validated by the
+// Python layer (llp_kernels/_extension.py and the backends). Kernels release the GIL.
+#include <pybind11/pybind11.h>
+#include <omp.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/kernels.h"
+#ifdef LLP_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T> T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+template <typename T> T* ptr_or_null(uintptr_t p) { return p ? reinterpret_cast<T*>(p) : nullptr; }
+
+int threads_or_default(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "llp_kernels compiled kernels (CPU/OpenMP always, CUDA when built with nvcc)";
+
+  m.def("openmp_max_threads", &omp_get_max_threads);
+
+  m.def("cpu_lse_tile_update",
+        [](uintptr_t dots, int64_t B, int64_t n, int64_t ld, uintptr_t bank_labels,
+           uintptr_t query_labels, float inv_tau, uintptr_t m_all, uintptr_t s_all,
+           uintptr_t m_same, uintptr_t s_same, int threads) {
+          py::gil_scoped_release nogil;
+          llp::cpu::lse_tile_update(ptr<const float>(dots), B, n, ld, ptr<const int64_t>(bank_labels),
+                                    ptr<const int64_t>(query_labels), inv_tau, ptr<float>(m_all),
+                                    ptr<float>(s_all), ptr<float>(m_same), ptr<float>(s_same),
+                                    threads_or_default(threads));
+        });
+
+  m.def("cpu_lse_grad_tile",
+        [](uintptr_t dots, int64_t B, int64_t n, int64_t ld, uintptr_t bank_labels,
+           uintptr_t query_labels, float inv_tau, uintptr_t lse_all, uintptr_t lse_same,
+           uintptr_t scale, int threads) {
+          py::gil_scoped_release nogil;
+          llp::cpu::lse_grad_tile(ptr<float>(dots), B, n, ld, ptr<const int64_t>(bank_labels),
+                                  ptr<const int64_t>(query_labels), inv_tau, ptr<const float>(lse_all),
+                                  ptr<const float>(lse_same), ptr<const float>(scale),
+                                  threads_or_default(threads));
+        });
+
+  m.def("cpu_topk_tile_update",
+        [](uintptr_t dots, int64_t Q, int64_t n, int64_t ld, uintptr_t bias, float inv_tau,
+           int64_t offset, int64_t k, uintptr_t heap_vals, uintptr_t heap_idx, int threads) {
+          py::gil_scoped_release nogil;
+          llp::cpu::topk_tile_update(ptr<const float>(dots), Q, n, ld, ptr_or_null<const float>(bias),
+                                     inv_tau, offset, k, ptr<float>(heap_vals), ptr<int64_t>(heap_idx),
+                                     threads_or_default(threads));
+        });
+
+  m.def("cpu_topk_finalize",
+        [](uintptr_t heap_vals, uintptr_t heap_idx, int64_t Q, int64_t k, int threads) {
+          py::gil_scoped_release nogil;
+          llp::cpu::topk_finalize(ptr<float>(heap_vals), ptr<int64_t>(heap_idx), Q, k,
+                                  threads_or_default(threads));
+        });
+
+  m.def("cpu_bank_update",
+        [](uintptr_t bank, int bank_dtype, int64_t N, int64_t D, uintptr_t idx, uintptr_t emb,
+           int emb_dtype, int64_t B, float momentum, int threads) {
+          int64_t rc;
+          {
+            py::gil_scoped_release nogil;
+            rc = llp::cpu::bank_update(ptr<void>(bank), bank_dtype, N, D, ptr<const int64_t>(idx),
+                                       ptr<const void>(emb), emb_dtype, B, momentum,
+                                       threads_or_default(threads));
+          }
+          if (rc == -2) throw std::invalid_argument("cpu_bank_update: unsupported dtype code");
+          if (rc >= 0)
+            throw std::out_of_range("cpu_bank_update: index at position " + std::to_string(rc) +
+                                    " is outside [0, N)");
+        });
+
+#ifdef LLP_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+  m.attr("cuda_archs") = LLP_CUDA_ARCHS;
+  m.def("cuda_device_count", []() {
+    std::string why;
+    const int n = llp::cuda::device_count(&why);
+    return py::make_tuple(n, why);
+  });
+  m.def("cuda_bank_update",
+        [](uintptr_t bank, int bank_dtype, int64_t N, int64_t D, uintptr_t idx, uintptr_t emb,
+           int emb_dtype, int64_t B, float momentum, int device, uintptr_t stream) {
+          std::string err;
+          {
+            py::gil_scoped_release nogil;
+            err = llp::cuda::bank_update(ptr<void>(bank), bank_dtype, N, D, ptr<const int64_t>(idx),
+                                         ptr<const void>(emb), emb_dtype, B, momentum, device,
+                                         reinterpret_cast<void*>(stream));
+          }
+          if (!err.empty()) throw std::runtime_error(err);
+        });
+#else
+  m.attr("cuda_compiled") = false;
+  m.attr("cuda_archs") = "";
+#endif
+}

@@ -1,0 +1,38 @@
+"""llp_kernels: fused memory-bank kernels for Local Label Propagation.
+
+    loss = aggregation_loss(queries, bank, bank_labels, query_labels, tau=0.07)   # [B], autograd
+    vals, idx = topk_similarity(queries, keys, k, tau=0.07, key_bias=None)         # [Q,k], [Q,k]
+    log_density = local_density(labeled, unlabeled, t=25, tau=0.07)               # [M]
+    labels, conf = propagate_labels(queries, labeled, labeled_labels, log_density, k=10)
+    update_memory_bank_(bank, indices, embeddings, momentum=0.5)                   # in place
+
+Every function takes ``backend="auto"|"reference"|"cpu"|"triton"|"cuda"``; the environment
+variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what runs here.
+"""
+from . import reference
+from ._dispatch import BACKENDS, available_backends, usable_backends
+from .ops import (
+    aggregation_grad,
+    aggregation_loss,
+    aggregation_lse,
+    local_density,
+    propagate_labels,
+    topk_similarity,
+    update_memory_bank_,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "aggregation_grad",
+    "aggregation_loss",
+    "aggregation_lse",
+    "available_backends",
+    "local_density",
+    "propagate_labels",
+    "reference",
+    "topk_similarity",
+    "update_memory_bank_",
+    "usable_backends",
+]

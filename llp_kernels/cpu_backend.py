@@ -1,0 +1,129 @@
+"""The ``cpu`` backend: BLAS similarity tiles + fused C++/OpenMP epilogues.
+
+Each op walks the keys (bank rows) in column tiles. ``torch.mm`` writes one tile of raw
+dot products ``[rows, cols]`` into a single reused fp32 buffer (bounded to
+``TILE_ELEMENTS`` floats, ~4 MiB); a kernel of ``llp_kernels._C`` then folds it into
+per-row state: the dual online log-sum-exp, the backward weights, or a top-k heap.
+Nothing ``B x N`` is ever allocated; bf16/fp16 banks are widened one tile at a time.
+
+Inputs arrive validated and contiguous (``llp_kernels.ops``); labels as int64.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._extension import dtype_code, extension, ptr
+
+NAME = "cpu"
+TILE_ELEMENTS = 1 << 20
+MIN_TILE_COLS = 256
+TOPK_ROW_BLOCK = 1024
+
+
+def supports(device: torch.device) -> bool:
+    return device.type == "cpu"
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _tile_cols(rows: int, n: int) -> int:
+    cols = max(MIN_TILE_COLS, TILE_ELEMENTS // max(rows, 1))
+    return min(n, cols)
+
+
+def _fp32(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def _tiles(keys: Tensor, cols: int):
+    """Yields (lo, hi, keys[lo:hi] as fp32)."""
+    n = keys.shape[0]
+    for lo in range(0, n, cols):
+        hi = min(n, lo + cols)
+        yield lo, hi, _fp32(keys[lo:hi])
+
+
+def _dots(queries32: Tensor, key_tile32: Tensor, buffer: Tensor) -> Tensor:
+    """Raw dot products of a tile into the front of ``buffer``, as a [rows, cols] view."""
+    rows, cols = queries32.shape[0], key_tile32.shape[0]
+    out = buffer[: rows * cols].view(rows, cols)
+    torch.mm(queries32, key_tile32.T, out=out)
+    return out
+
+
+def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                    tau: float) -> Tuple[Tensor, Tensor]:
+    C = extension()
+    q = _fp32(queries)
+    B, N = q.shape[0], bank.shape[0]
+    cols = _tile_cols(B, N)
+    buffer = torch.empty(B * cols, dtype=torch.float32)
+    m_all = torch.full((B,), float("-inf"))
+    s_all = torch.zeros(B)
+    m_same = torch.full((B,), float("-inf"))
+    s_same = torch.zeros(B)
+    for lo, hi, tile in _tiles(bank, cols):
+        dots = _dots(q, tile, buffer)
+        C.cpu_lse_tile_update(ptr(dots), B, hi - lo, hi - lo, ptr(bank_labels) + 8 * lo,
+                              ptr(query_labels), 1.0 / tau, ptr(m_all), ptr(s_all),
+                              ptr(m_same), ptr(s_same), _threads())
+    return m_all + torch.log(s_all), m_same + torch.log(s_same)
+
+
+def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                     lse_all: Tensor, lse_same: Tensor, grad_output: Tensor,
+                     tau: float) -> Tensor:
+    C = extension()
+    q = _fp32(queries)
+    B, N = q.shape[0], bank.shape[0]
+    cols = _tile_cols(B, N)
+    buffer = torch.empty(B * cols, dtype=torch.float32)
+    lse_all = _fp32(lse_all).contiguous()
+    lse_same = _fp32(lse_same).contiguous()
+    scale = (_fp32(grad_output) / tau).contiguous()
+    dq = torch.zeros_like(q)
+    for lo, hi, tile in _tiles(bank, cols):
+        weights = _dots(q, tile, buffer)
+        C.cpu_lse_grad_tile(ptr(weights), B, hi - lo, hi - lo, ptr(bank_labels) + 8 * lo,
+                            ptr(query_labels), 1.0 / tau, ptr(lse_all), ptr(lse_same),
+                            ptr(scale), _threads())
+        dq.addmm_(weights, tile)
+    return dq
+
+
+def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
+                    key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    C = extension()
+    q = _fp32(queries)
+    Q, N = q.shape[0], keys.shape[0]
+    bias = None if key_bias is None else _fp32(key_bias).contiguous()
+    values = torch.empty(Q, k, dtype=torch.float32)
+    indices = torch.empty(Q, k, dtype=torch.int64)
+    # Row blocks keep the tile bounded when Q is large; each block streams all keys.
+    row_block = min(Q, TOPK_ROW_BLOCK)
+    cols = _tile_cols(row_block, N)
+    buffer = torch.empty(row_block * cols, dtype=torch.float32)
+    for r0 in range(0, Q, row_block):
+        r1 = min(Q, r0 + row_block)
+        qb = q[r0:r1]
+        vb, ib = values[r0:r1], indices[r0:r1]
+        for lo, hi, tile in _tiles(keys, cols):
+            dots = _dots(qb, tile, buffer)
+            C.cpu_topk_tile_update(ptr(dots), r1 - r0, hi - lo, hi - lo,
+                                   0 if bias is None else ptr(bias) + 4 * lo, 1.0 / tau, lo, k,
+                                   ptr(vb), ptr(ib), _threads())
+    C.cpu_topk_finalize(ptr(values), ptr(indices), Q, k, _threads())
+    return values, indices
+
+
+def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                        momentum: float) -> None:
+    """``indices`` unique and in range (the ops layer deduplicates and checks)."""
+    extension().cpu_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0], bank.shape[1],
+                                ptr(indices), ptr(embeddings), dtype_code(embeddings, "embeddings"),
+                                indices.shape[0], momentum, _threads())

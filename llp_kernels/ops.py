@@ -1,0 +1,329 @@
+"""The public functions: validation, dispatch, ``torch.library`` custom ops, autograd.
+
+Each public function checks its arguments' metadata (free, and traceable by
+``torch.compile``), resolves ``backend`` to a concrete name, and calls a custom op
+``torch.ops.llp.*``. The op's real implementation checks label/index values (a pass
+over small integer vectors, never over the bank) and calls the backend; its fake
+implementation gives shapes to ``torch.compile``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _validate as check
+from ._dispatch import module, resolve
+from .reference import last_occurrence
+
+# ---- custom ops ------------------------------------------------------------------------
+
+@torch.library.custom_op("llp::aggregation_lse", mutates_args=())
+def _aggregation_lse_op(queries: Tensor, bank: Tensor, bank_labels: Tensor,
+                        query_labels: Tensor, tau: float, backend: str) -> Tuple[Tensor, Tensor]:
+    check.labels_in_range("query_labels", query_labels, 0, None)
+    lse_all, lse_same = module(backend).aggregation_lse(queries, bank, bank_labels,
+                                                        query_labels, tau)
+    return lse_all.float(), lse_same.float()
+
+
+@_aggregation_lse_op.register_fake
+def _(queries, bank, bank_labels, query_labels, tau, backend):
+    B = queries.shape[0]
+    return queries.new_empty(B, dtype=torch.float32), queries.new_empty(B, dtype=torch.float32)
+
+
+@torch.library.custom_op("llp::aggregation_grad", mutates_args=())
+def _aggregation_grad_op(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                         lse_all: Tensor, lse_same: Tensor, grad_output: Tensor, tau: float,
+                         backend: str) -> Tensor:
+    check.labels_in_range("query_labels", query_labels, 0, None)
+    dq = module(backend).aggregation_grad(queries, bank, bank_labels, query_labels,
+                                          lse_all, lse_same, grad_output, tau)
+    return dq.to(queries.dtype)
+
+
+@_aggregation_grad_op.register_fake
+def _(queries, bank, bank_labels, query_labels, lse_all, lse_same, grad_output, tau, backend):
+    return torch.empty_like(queries)
+
+
+@torch.library.custom_op("llp::aggregation_loss", mutates_args=())
+def _aggregation_loss_op(queries: Tensor, bank: Tensor, bank_labels: Tensor,
+                         query_labels: Tensor, tau: float,
+                         backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    lse_all, lse_same = _aggregation_lse_op(queries, bank, bank_labels, query_labels, tau, backend)
+    return lse_all - lse_same, lse_all, lse_same
+
+
+@_aggregation_loss_op.register_fake
+def _(queries, bank, bank_labels, query_labels, tau, backend):
+    B = queries.shape[0]
+    return tuple(queries.new_empty(B, dtype=torch.float32) for _ in range(3))
+
+
+def _loss_setup_context(ctx, inputs, output):
+    queries, bank, bank_labels, query_labels, tau, backend = inputs
+    _, lse_all, lse_same = output
+    ctx.save_for_backward(queries, bank, bank_labels, query_labels, lse_all, lse_same)
+    ctx.tau, ctx.backend = tau, backend
+
+
+def _loss_backward(ctx, grad_loss, grad_lse_all, grad_lse_same):
+    queries, bank, bank_labels, query_labels, lse_all, lse_same = ctx.saved_tensors
+    dq = None
+    if ctx.needs_input_grad[0]:
+        dq = _aggregation_grad_op(queries, bank, bank_labels, query_labels, lse_all, lse_same,
+                                  grad_loss.contiguous(), ctx.tau, ctx.backend)
+    # The bank is a buffer: it never receives a gradient.
+    return dq, None, None, None, None, None
+
+
+torch.library.register_autograd("llp::aggregation_loss", _loss_backward,
+                                setup_context=_loss_setup_context)
+
+
+@torch.library.custom_op("llp::topk_similarity", mutates_args=())
+def _topk_op(queries: Tensor, keys: Tensor, k: int, tau: float, key_bias: Optional[Tensor],
+             backend: str) -> Tuple[Tensor, Tensor]:
+    values, indices = module(backend).topk_similarity(queries, keys, k, tau, key_bias)
+    return values.float(), indices.long()
+
+
+@_topk_op.register_fake
+def _(queries, keys, k, tau, key_bias, backend):
+    Q = queries.shape[0]
+    return (queries.new_empty(Q, k, dtype=torch.float32),
+            queries.new_empty(Q, k, dtype=torch.int64))
+
+
+@torch.library.custom_op("llp::local_density", mutates_args=())
+def _local_density_op(labeled: Tensor, unlabeled: Tensor, t: int, tau: float,
+                      backend: str) -> Tensor:
+    impl = getattr(module(backend), "local_density", None)
+    if impl is not None:
+        return impl(labeled, unlabeled, t, tau).float()
+    values, _ = module(backend).topk_similarity(labeled, unlabeled, t, tau, None)
+    return torch.logsumexp(values.float(), dim=1)
+
+
+@_local_density_op.register_fake
+def _(labeled, unlabeled, t, tau, backend):
+    return labeled.new_empty(labeled.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("llp::propagate_labels", mutates_args=())
+def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
+                  log_density: Optional[Tensor], k: int, tau: float, num_classes: int,
+                  backend: str) -> Tuple[Tensor, Tensor]:
+    if num_classes < 1:  # -1: infer from the labels
+        check.labels_in_range("labeled_labels", labeled_labels, 0, None)
+        num_classes = int(labeled_labels.max()) + 1
+    else:
+        check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes)
+    impl = getattr(module(backend), "propagate_labels", None)
+    if impl is not None:
+        labels, confidence = impl(queries, labeled, labeled_labels, log_density, k, tau,
+                                  num_classes)
+        return labels.long(), confidence.float()
+    scores, neighbours = module(backend).topk_similarity(queries, labeled, k, tau, log_density)
+    return _class_vote(scores.float(), labeled_labels[neighbours], num_classes)
+
+
+@_propagate_op.register_fake
+def _(queries, labeled, labeled_labels, log_density, k, tau, num_classes, backend):
+    Q = queries.shape[0]
+    return (queries.new_empty(Q, dtype=torch.int64), queries.new_empty(Q, dtype=torch.float32))
+
+
+def _class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
+    """Votes ``exp(score - best)`` per class over the K neighbours; [Q, K] -> [Q], [Q]."""
+    weights = torch.exp(scores - scores[:, :1])
+    votes = weights.new_zeros(scores.shape[0], num_classes)
+    votes.scatter_add_(1, neighbour_labels, weights)
+    best, label = votes.max(dim=1)
+    return label, best / votes.sum(dim=1)
+
+
+@torch.library.custom_op("llp::update_memory_bank_", mutates_args=("bank",))
+def _update_bank_op(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum: float,
+                    backend: str) -> None:
+    check.labels_in_range("indices", indices, 0, bank.shape[0])
+    keep = last_occurrence(indices)
+    if keep.shape[0] == indices.shape[0]:
+        rows, new = indices, embeddings
+    else:
+        rows, new = indices[keep].contiguous(), embeddings[keep].contiguous()
+    module(backend).update_memory_bank_(bank, rows, new, momentum)
+
+
+@_update_bank_op.register_fake
+def _(bank, indices, embeddings, momentum, backend):
+    return None
+
+
+# ---- public API --------------------------------------------------------------------------
+
+def _check_aggregation_inputs(queries, bank, bank_labels, query_labels, tau):
+    check.embeddings("queries", queries)
+    check.embeddings("bank", bank, queries.shape[1], "queries")
+    check.labels("bank_labels", bank_labels, bank.shape[0], "bank")
+    check.labels("query_labels", query_labels, queries.shape[0], "queries")
+    device = check.same_device(queries=queries, bank=bank, bank_labels=bank_labels,
+                               query_labels=query_labels)
+    tau = check.positive_float("tau", tau)
+    return (queries.contiguous(), bank.contiguous(), bank_labels.long().contiguous(),
+            query_labels.long().contiguous(), tau, device)
+
+
+def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                     tau: float = 0.07, *, backend: str = "auto") -> Tensor:
+    """Aggregation loss ``L_A = -log P(A|v)`` per query (paper eq. 1-2), differentiable.
+
+    ``loss[b] = logsumexp_j s_bj - logsumexp_{j: bank_labels[j] == query_labels[b]} s_bj``
+    with ``s_bj = queries[b] . bank[j] / tau``, computed in one streaming pass (no
+    ``B x N`` logits). Args: queries [B, D] (float32/bf16/fp16), bank [N, D]
+    (float32/bf16/fp16, a buffer: it gets no gradient), bank_labels [N] int (< 0 = no
+    label yet), query_labels [B] int (>= 0). Returns fp32 [B]. A query whose label no bank
+    row carries gets ``+inf`` and zero gradient. The gradient w.r.t. queries has their dtype.
+    """
+    queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
+        queries, bank, bank_labels, query_labels, tau)
+    name = resolve("aggregation_lse", backend, device)
+    loss, _, _ = torch.ops.llp.aggregation_loss(queries, bank.detach(), bank_labels,
+                                                query_labels, tau, name)
+    return loss
+
+
+def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                    tau: float = 0.07, *, backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """``(lse_all, lse_same)`` [B] fp32 for this bank or bank shard (DESIGN 1.1).
+
+    Shards combine with ``torch.logaddexp`` across ranks; the loss is
+    ``lse_all - lse_same`` of the combined values. No autograd (see ``aggregation_grad``).
+    """
+    queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
+        queries, bank, bank_labels, query_labels, tau)
+    name = resolve("aggregation_lse", backend, device)
+    return torch.ops.llp.aggregation_lse(queries.detach(), bank.detach(), bank_labels,
+                                         query_labels, tau, name)
+
+
+def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                     lse_all: Tensor, lse_same: Tensor, tau: float = 0.07,
+                     grad_output: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
+    """This bank (shard)'s part of ``d(sum_b g_b loss[b]) / d queries`` [B, D], given the
+    global ``lse_all``/``lse_same`` [B]; ``grad_output`` g [B] defaults to ones. Shards'
+    results sum. ``dq_b = g_b/tau * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)``.
+    """
+    queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
+        queries, bank, bank_labels, query_labels, tau)
+    B = queries.shape[0]
+    for arg, t in (("lse_all", lse_all), ("lse_same", lse_same)):
+        check.bias(arg, t, B, "queries")
+    if grad_output is None:
+        grad_output = torch.ones(B, dtype=torch.float32, device=device)
+    check.bias("grad_output", grad_output, B, "queries")
+    check.same_device(queries=queries, lse_all=lse_all, lse_same=lse_same, grad_output=grad_output)
+    name = resolve("aggregation_grad", backend, device)
+    return torch.ops.llp.aggregation_grad(
+        queries.detach(), bank.detach(), bank_labels, query_labels, lse_all.float().contiguous(),
+        lse_same.float().contiguous(), grad_output.float().contiguous(), tau, name)
+
+
+def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
+                    key_bias: Optional[Tensor] = None, *,
+                    backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """The k largest ``queries[q] . keys[j] / tau - key_bias[j]`` per query, streamed.
+
+    queries [Q, D], keys [N, D] (float32/bf16/fp16), key_bias [N] float or None,
+    1 <= k <= N. Returns values fp32 [Q, k] sorted descending and int64 indices [Q, k];
+    among equal values the lower index comes first (cpu backend). Not differentiable.
+    """
+    check.embeddings("queries", queries)
+    check.embeddings("keys", keys, queries.shape[1], "queries")
+    k = check.count("k", k, keys.shape[0], "keys")
+    if key_bias is not None:
+        check.bias("key_bias", key_bias, keys.shape[0], "keys")
+        key_bias = key_bias.detach().float().contiguous()
+    device = check.same_device(queries=queries, keys=keys, key_bias=key_bias)
+    tau = check.positive_float("tau", tau)
+    name = resolve("topk_similarity", backend, device)
+    return torch.ops.llp.topk_similarity(queries.detach().contiguous(), keys.detach().contiguous(),
+                                         k, tau, key_bias, name)
+
+
+def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 0.07, *,
+                  backend: str = "auto") -> Tensor:
+    """Log local density of each labeled row (paper eq. 4), fp32 [M].
+
+    ``log_density[i] = logsumexp over the t most similar unlabeled rows u of l_i . u / tau``.
+    The paper's global normaliser Z is dropped: it is the same for every labeled point and
+    cancels in ``propagate_labels``. labeled [M, D], unlabeled [U, D], 1 <= t <= U.
+    """
+    check.embeddings("labeled", labeled)
+    check.embeddings("unlabeled", unlabeled, labeled.shape[1], "labeled")
+    t = check.count("t", t, unlabeled.shape[0], "unlabeled")
+    device = check.same_device(labeled=labeled, unlabeled=unlabeled)
+    tau = check.positive_float("tau", tau)
+    name = resolve("topk_similarity", backend, device)
+    return torch.ops.llp.local_density(labeled.detach().contiguous(),
+                                       unlabeled.detach().contiguous(), t, tau, name)
+
+
+def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
+                     log_density: Optional[Tensor], k: int = 10, tau: float = 0.07,
+                     num_classes: Optional[int] = None, *,
+                     backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """Density-weighted label propagation (paper eq. 5): pseudo-labels and confidences.
+
+    ``score_i = queries[q] . labeled[i] / tau - log_density[i]``; over the k best labeled
+    rows ``w_c = sum_{y_i = c} exp(score_i - max score)``, ``p_c = w_c / sum w``. Returns
+    ``argmax_c p_c`` int64 [Q] and ``max_c p_c`` fp32 [Q]. ``log_density=None`` is plain
+    weighted kNN (NoDW). labeled_labels [M] int in [0, num_classes) (num_classes None:
+    max + 1).
+    """
+    check.embeddings("queries", queries)
+    check.embeddings("labeled", labeled, queries.shape[1], "queries")
+    check.labels("labeled_labels", labeled_labels, labeled.shape[0], "labeled")
+    if log_density is not None:
+        check.bias("log_density", log_density, labeled.shape[0], "labeled")
+        log_density = log_density.detach().float().contiguous()
+    k = check.count("k", k, labeled.shape[0], "labeled")
+    num_classes = check.optional_num_classes("num_classes", num_classes)
+    device = check.same_device(queries=queries, labeled=labeled, labeled_labels=labeled_labels,
+                               log_density=log_density)
+    tau = check.positive_float("tau", tau)
+    name = resolve("topk_similarity", backend, device)
+    return torch.ops.llp.propagate_labels(
+        queries.detach().contiguous(), labeled.detach().contiguous(),
+        labeled_labels.long().contiguous(), log_density, k, tau,
+        -1 if num_classes is None else num_classes, name)
+
+
+def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                        momentum: float = 0.5, *, backend: str = "auto") -> Tensor:
+    """In place: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` (Wu et al. 2018).
+
+    bank [N, D] contiguous float32/bf16/fp16, indices [B] int in [0, N), embeddings [B, D]
+    float32/bf16/fp16, momentum m in [0, 1]. Mixes in fp32, stores in the bank's dtype.
+    Duplicate indices: the last occurrence wins (the row is mixed once, from its old
+    value). Returns ``bank``.
+    """
+    check.embeddings("bank", bank)
+    if not bank.is_contiguous():
+        raise ValueError("bank must be contiguous: it is updated in place, so it cannot be "
+                         "copied (call .contiguous() once when creating it)")
+    check.labels("indices", indices, indices.shape[0] if indices.dim() == 1 else -1, "embeddings")
+    check.embeddings("embeddings", embeddings, bank.shape[1], "bank")
+    if embeddings.shape[0] != indices.shape[0]:
+        raise ValueError(f"indices must have one entry per row of embeddings "
+                         f"({embeddings.shape[0]}), got {indices.shape[0]}")
+    device = check.same_device(bank=bank, indices=indices, embeddings=embeddings)
+    momentum = check.unit_interval("momentum", momentum)
+    name = resolve("update_memory_bank_", backend, device)
+    with torch.no_grad():
+        torch.ops.llp.update_memory_bank_(bank, indices.long().contiguous(),
+                                          embeddings.detach().contiguous(), momentum, name)
+    return bank

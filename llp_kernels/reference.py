@@ -1,0 +1,173 @@
+"""Plain, materialising PyTorch versions of every op: the oracle the kernels are tested
+against, and the ``reference`` backend.
+
+Readable above all. Each function builds the full ``[rows x N]`` logits, so memory is
+O(rows * N). Computation runs in fp32, or fp64 when given fp64 inputs (the tests use
+that as the high-precision oracle); outputs are in that compute dtype.
+
+Notation (DESIGN section 1): ``tau`` temperature, every row L2-normalised,
+``s(q, k) = q . k / tau``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            dtype = torch.float64
+    return dtype
+
+
+def _logits(queries: Tensor, keys: Tensor, tau: float) -> Tensor:
+    """``s[b, j] = q_b . key_j / tau``, shape [B, N], in the compute dtype."""
+    dtype = _compute_dtype(queries, keys)
+    return queries.to(dtype) @ keys.to(dtype).T / tau
+
+
+def _same_label_mask(bank_labels: Tensor, query_labels: Tensor) -> Tensor:
+    """``mask[b, j] = bank_labels[j] == query_labels[b]``; a bank label < 0 never matches."""
+    return (bank_labels[None, :] == query_labels[:, None]) & (bank_labels[None, :] >= 0)
+
+
+def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                    tau: float = 0.07) -> Tuple[Tensor, Tensor]:
+    """The two log-sum-exps of the aggregation loss (paper eq. 1-2).
+
+    ``lse_all[b]  = logsumexp_j s(q_b, bank_j)`` over all N rows,
+    ``lse_same[b] = logsumexp_{j: bank_labels[j] == query_labels[b]} s(q_b, bank_j)``
+    (``-inf`` when no row carries the label). Shapes: queries [B, D], bank [N, D],
+    labels [N] and [B]; returns two [B] tensors.
+    """
+    logits = _logits(queries, bank, tau)
+    mask = _same_label_mask(bank_labels, query_labels)
+    lse_all = torch.logsumexp(logits, dim=1)
+    lse_same = torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=1)
+    return lse_all, lse_same
+
+
+def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                     tau: float = 0.07) -> Tensor:
+    """Aggregation loss ``L_A(v) = -log P(A | v)`` (paper eq. 1-2), per query [B].
+
+    ``loss[b] = lse_all[b] - lse_same[b] >= 0``; ``+inf`` when no bank row carries
+    ``query_labels[b]``. Differentiable in ``queries`` only: the bank is a buffer and is
+    detached. The gradient of a ``+inf`` entry is defined as zero (the loss is constant
+    there), matching every backend.
+    """
+    bank = bank.detach()
+    logits = _logits(queries, bank, tau)
+    mask = _same_label_mask(bank_labels, query_labels)
+    has_positive = mask.any(dim=1)
+    lse_all = torch.logsumexp(logits, dim=1)
+    # Rows without positives get a dummy finite value so autograd sees no NaN; torch.where
+    # then replaces their loss by +inf and sends them zero gradient.
+    safe = torch.where(mask | ~has_positive[:, None], logits, torch.full_like(logits, float("-inf")))
+    lse_same = torch.logsumexp(safe, dim=1)
+    loss = lse_all - lse_same
+    return torch.where(has_positive, loss, torch.full_like(loss, float("inf")))
+
+
+def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                     lse_all: Tensor, lse_same: Tensor, grad_output: Optional[Tensor] = None,
+                     tau: float = 0.07) -> Tensor:
+    """``d(sum_b g_b loss[b]) / dq`` for this bank (or shard), given the global LSEs.
+
+    ``dq_b = g_b / tau * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)`` with
+    ``p_bj = exp(s_bj - lse_all[b])`` and ``p'_bj = exp(s_bj - lse_same[b])``. Rows with
+    ``lse_same = -inf`` (no positive anywhere) get zero. Returns [B, D].
+    """
+    dtype = _compute_dtype(queries, bank, lse_all)
+    logits = _logits(queries, bank, tau)
+    mask = _same_label_mask(bank_labels, query_labels)
+    lse_all = lse_all.to(dtype)
+    lse_same = lse_same.to(dtype)
+    g = torch.ones_like(lse_all) if grad_output is None else grad_output.to(dtype)
+    finite = torch.isfinite(lse_same)
+    g = torch.where(finite, g, torch.zeros_like(g))
+    p_all = torch.exp(logits - lse_all[:, None])
+    p_same = torch.where(mask & finite[:, None],
+                         torch.exp(logits - torch.where(finite, lse_same, 0.0)[:, None]),
+                         torch.zeros_like(logits))
+    weights = g[:, None] / tau * (p_all - p_same)
+    return weights @ bank.to(dtype)
+
+
+def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
+                    key_bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The k largest ``s(q, key_j) - key_bias[j]`` per query (DESIGN 1.4).
+
+    queries [Q, D], keys [N, D], key_bias [N] or None. Returns values [Q, k] sorted
+    descending and their int64 key indices [Q, k]. Among equal values the order of
+    indices is unspecified here (torch.topk's).
+    """
+    scores = _logits(queries, keys, tau)
+    if key_bias is not None:
+        scores = scores - key_bias.to(scores.dtype)[None, :]
+    values, indices = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+    return values, indices
+
+
+def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 0.07) -> Tensor:
+    """Log local density of each labeled point (paper eq. 4), [M].
+
+    ``log_density[i] = logsumexp_{k in N_T(l_i)} s(l_i, u_k)`` over the T most similar
+    unlabeled rows. The paper's P(v_i, v_k) also divides by a global normaliser Z; it is
+    the same for every labeled point and cancels in the normalised votes of
+    ``propagate_labels``, so it is dropped.
+    """
+    values, _ = topk_similarity(labeled, unlabeled, t, tau)
+    return torch.logsumexp(values, dim=1)
+
+
+def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
+                     log_density: Optional[Tensor], k: int = 10, tau: float = 0.07,
+                     num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """Density-weighted label propagation (paper eq. 5), per query.
+
+    ``score_i = s(q, l_i) - log_density[i]`` over the M labeled rows; the K best form
+    ``N_K(q)``; ``w_c = sum_{i in N_K(q), y_i = c} exp(score_i - max score)``;
+    ``p_c = w_c / sum_c w_c``; returns ``argmax_c p_c`` (int64 [Q], lowest class on a tie)
+    and ``max_c p_c`` (the confidence, [Q]). ``log_density=None`` gives plain weighted kNN
+    (the NoDW ablation). The per-query normaliser of P(v_i | v) cancels.
+    """
+    if num_classes is None:
+        num_classes = int(labeled_labels.max()) + 1
+    scores, neighbours = topk_similarity(queries, labeled, k, tau, key_bias=log_density)
+    weights = torch.exp(scores - scores[:, :1])
+    votes = torch.zeros(queries.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+    votes.scatter_add_(1, labeled_labels.long()[neighbours], weights)
+    probs = votes / votes.sum(dim=1, keepdim=True)
+    confidence, label = probs.max(dim=1)
+    return label, confidence
+
+
+def last_occurrence(indices: Tensor) -> Tensor:
+    """Positions in ``indices`` of the last occurrence of each distinct value, ascending
+    by value. This is the duplicate rule of the bank update: the last one wins."""
+    sorted_idx, order = torch.sort(indices, stable=True)
+    is_last = torch.ones_like(sorted_idx, dtype=torch.bool)
+    is_last[:-1] = sorted_idx[1:] != sorted_idx[:-1]
+    return order[is_last]
+
+
+def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                        momentum: float = 0.5) -> Tensor:
+    """Memory-bank update (Wu et al. 2018), in place, returns ``bank``.
+
+    ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` for each ``(i, v)`` of
+    ``(indices, embeddings)``, mixing in fp32 and storing in the bank's dtype.
+    ``normalize`` divides by ``max(norm, 1e-12)``. When an index repeats within the call,
+    the last occurrence wins: the row is mixed once, from its old value.
+    """
+    keep = last_occurrence(indices)
+    rows = indices[keep].long()
+    dtype = _compute_dtype(bank, embeddings)
+    mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
+    bank[rows] = torch.nn.functional.normalize(mixed, dim=1, eps=1e-12).to(bank.dtype)
+    return bank
