@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/dtype.h"
 #include "cpu/kernels.h"
 #ifdef LLP_WITH_CUDA
 #include "cuda/kernels.h"
@@ -28,6 +29,22 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "llp_kernels compiled kernels (CPU/OpenMP always, CUDA when built with nvcc)";
 
   m.def("openmp_max_threads", &omp_get_max_threads);
+
+  // Element-wise dtype conversion through the kernels' own scalar converters; the tests
+  // compare it with torch over every bf16/fp16 bit pattern.
+  m.def("convert", [](uintptr_t src, int src_dtype, uintptr_t dst, int dst_dtype, int64_t n) {
+    if (src_dtype < 0 || src_dtype > 2 || dst_dtype < 0 || dst_dtype > 2)
+      throw std::invalid_argument("convert: dtype code must be 0, 1 or 2");
+    py::gil_scoped_release nogil;
+    for (int64_t i = 0; i < n; ++i) {
+      float v = src_dtype == llp::kFloat32    ? ptr<const float>(src)[i]
+                : src_dtype == llp::kBFloat16 ? llp::bf16_to_f32(ptr<const uint16_t>(src)[i])
+                                              : llp::f16_to_f32(ptr<const uint16_t>(src)[i]);
+      if (dst_dtype == llp::kFloat32) ptr<float>(dst)[i] = v;
+      else if (dst_dtype == llp::kBFloat16) ptr<uint16_t>(dst)[i] = llp::f32_to_bf16(v);
+      else ptr<uint16_t>(dst)[i] = llp::f32_to_f16(v);
+    }
+  });
 
   m.def("cpu_lse_tile_update",
         [](uintptr_t dots, int64_t B, int64_t n, int64_t ld, uintptr_t bank_labels,
