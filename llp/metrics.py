@@ -1,0 +1,59 @@
+"""Evaluation metrics of one epoch (paper section 5 and the users' usual reads)."""
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def classify(model, images: Tensor, batch: int = 512) -> Tensor:
+    model.eval()
+    logits = [model(images[i:i + batch])[1].float() for i in range(0, images.shape[0], batch)]
+    return torch.cat(logits)
+
+
+def accuracy_metrics(logits: Tensor, y: Tensor, num_classes: int) -> Dict[str, float]:
+    pred = logits.argmax(dim=1)
+    top5 = logits.topk(min(5, num_classes), dim=1).indices
+    per_class = [(pred[y == c] == c).float().mean().item() for c in range(num_classes) if (y == c).any()]
+    return {"test_top1": (pred == y).float().mean().item(),
+            "test_top5": (top5 == y[:, None]).any(dim=1).float().mean().item(),
+            "test_balanced_acc": sum(per_class) / len(per_class)}
+
+
+def pseudo_label_metrics(state, true_labels: Tensor) -> Dict[str, float]:
+    u = state.unlabeled_idx
+    if u.numel() == 0:
+        return {"pseudo_acc": float("nan"), "pseudo_conf": float("nan")}
+    return {"pseudo_acc": (state.labels[u] == true_labels[u]).float().mean().item(),
+            "pseudo_conf": state.confidence[u].mean().item()}
+
+
+def aggregation_metric(bank: Tensor, true_labels: Tensor, num_classes: int) -> float:
+    """Mean L2 norm of the class-mean embeddings (paper fig. 2b): 1 when every class
+    collapses to a point, near 0 when embeddings are spread over the sphere."""
+    norms = [bank[true_labels == c].float().mean(dim=0).norm().item()
+             for c in range(num_classes) if (true_labels == c).any()]
+    return sum(norms) / len(norms)
+
+
+def density_count_correlation(state) -> float:
+    """Pearson r between a class's mean labeled log-density and how many unlabeled
+    examples carry it as pseudo-label (paper fig. 3); NaN without density."""
+    if state.log_density is None or state.unlabeled_idx.numel() == 0:
+        return float("nan")
+    lab_y = state.labels[state.labeled_idx]
+    dens, counts = [], []
+    for c in range(state.num_classes):
+        members = lab_y == c
+        if members.any():
+            dens.append(state.log_density[members].mean().item())
+            counts.append((state.labels[state.unlabeled_idx] == c).sum().item())
+    d, n = torch.tensor(dens, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
+    if d.numel() < 2 or d.std() == 0 or n.std() == 0:
+        return float("nan")
+    r = ((d - d.mean()) * (n - n.mean())).mean() / (d.std(unbiased=False) * n.std(unbiased=False))
+    return r.item() if math.isfinite(r.item()) else float("nan")
