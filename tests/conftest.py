@@ -41,6 +41,18 @@ def backend_cases(op):
     return cases
 
 
+# Backends that round queries to a 16-bit bank's dtype for native tensor-core products
+# (and the aggregation backward's weights too): the oracle gets the same rounded queries,
+# and their 16-bit-bank gradients are held to bf16/fp16-level tolerance.
+ROUNDS_TO_BANK_DTYPE = {"triton", "cuda"}
+
+
+def effective_queries(backend, queries, bank_dtype):
+    if backend in ROUNDS_TO_BANK_DTYPE and bank_dtype != torch.float32:
+        return queries.to(bank_dtype)
+    return queries
+
+
 def interpreted(backend, device):
     """True where kernels run in Triton's (slow) interpreter: keep shapes small there."""
     return backend == "triton" and device == "cpu"

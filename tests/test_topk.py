@@ -16,7 +16,7 @@ SHAPES = [  # (Q, N, D, k)
     (7, 4099, 128, 4098),  # k just below N
     (1100, 300, 64, 10),   # more queries than one row block
 ]
-SMALL_SHAPES = [(1, 1, 64, 1), (3, 7, 64, 7), (4, 150, 64, 9), (2, 70, 128, 64)]
+SMALL_SHAPES = [(1, 1, 64, 1), (3, 7, 64, 7), (4, 150, 64, 9), (2, 70, 128, 64), (2, 300, 64, 256)]
 KEY_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -160,3 +160,13 @@ def test_density_weighting_penalises_dense_labeled_points():
     plain, _ = lk.propagate_labels(query, labeled, labels, None, k=2)
     weighted, _ = lk.propagate_labels(query, labeled, labels, log_density, k=2)
     assert plain.item() == 0 and weighted.item() == 1
+
+
+@pytest.mark.parametrize("backend,device", backend_cases("topk_similarity"))
+def test_triton_k_limit_is_a_clear_error(backend, device):
+    if backend != "triton":
+        pytest.skip("the k limit is the triton backend's")
+    from llp_kernels.triton.topk import MAX_K
+    q, keys = unit_rows(1, 64).to(device), unit_rows(MAX_K + 1, 64).to(device)
+    with pytest.raises(ValueError, match=f"k={MAX_K + 1} exceeds the triton backend's limit"):
+        lk.topk_similarity(q, keys, MAX_K + 1, backend=backend)

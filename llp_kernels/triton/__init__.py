@@ -13,7 +13,8 @@ from typing import Tuple
 import torch
 
 NAME = "triton"
-IMPLEMENTED: frozenset = frozenset()
+IMPLEMENTED = frozenset({"aggregation_lse", "aggregation_grad", "topk_similarity",
+                         "update_memory_bank_"})
 
 
 def installed() -> Tuple[bool, str]:
@@ -30,3 +31,24 @@ def supports(device: torch.device) -> bool:
     if not installed()[0]:
         return False
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
+
+
+# The backend interface; each loads its kernel module (and triton) on first use.
+def aggregation_lse(queries, bank, bank_labels, query_labels, tau):
+    from .aggregation import aggregation_lse as impl
+    return impl(queries, bank, bank_labels, query_labels, tau)
+
+
+def aggregation_grad(queries, bank, bank_labels, query_labels, lse_all, lse_same, grad_output, tau):
+    from .aggregation import aggregation_grad as impl
+    return impl(queries, bank, bank_labels, query_labels, lse_all, lse_same, grad_output, tau)
+
+
+def topk_similarity(queries, keys, k, tau, key_bias):
+    from .topk import topk_similarity as impl
+    return impl(queries, keys, k, tau, key_bias)
+
+
+def update_memory_bank_(bank, indices, embeddings, momentum):
+    from .bank_update import update_memory_bank_ as impl
+    return impl(bank, indices, embeddings, momentum)

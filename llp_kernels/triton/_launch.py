@@ -1,0 +1,63 @@
+"""Launch parameters shared by the Triton kernels: block sizes from a small heuristic
+table (documented here rather than autotuned, so no timed call ever includes tuning),
+the split of N across programs, and the matmul precision.
+
+| case                         | BLOCK rows | BLOCK_N | warps | stages |
+|------------------------------|------------|---------|-------|--------|
+| CUDA, 16-bit bank            | 64 (16 if rows <= 16) | 128 | 8 | 3 |
+| CUDA, fp32 bank              | 64 (16 if rows <= 16) | 64  | 8 | 3 |
+| interpreter (CPU tensors)    | 16         | 32      | -     | -      |
+
+N is split across programs so that about ``4 x SMs`` programs run even for small
+batches (flash-decoding style); partial results are combined on the host in a fixed
+order, so results are deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+
+@dataclass(frozen=True)
+class Blocks:
+    rows: int
+    n: int
+    d: int
+    warps: int
+    stages: int
+
+
+def blocks(rows: int, dim: int, key_dtype: torch.dtype, device: torch.device) -> Blocks:
+    block_d = max(16, triton.next_power_of_2(dim))
+    if device.type != "cuda":
+        return Blocks(16, 32, block_d, 4, 1)
+    block_rows = 16 if rows <= 16 else 64
+    block_n = 128 if key_dtype in (torch.bfloat16, torch.float16) else 64
+    if block_d >= 256:
+        block_n //= 2
+    return Blocks(block_rows, block_n, block_d, 8, 3)
+
+
+def num_splits(row_blocks: int, n: int, block_n: int, device: torch.device) -> int:
+    tiles = triton.cdiv(n, block_n)
+    if device.type != "cuda":
+        return min(2, tiles)  # exercise the combine path in interpreter tests
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(tiles, triton.cdiv(4 * sms, row_blocks)))
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """fp32 products use TF32 only when torch allows it (torch.backends.cuda.matmul.allow_tf32,
+    i.e. torch.set_float32_matmul_precision('high')); 16-bit products are native."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def widen_16bit(keys: torch.Tensor) -> bool:
+    """Under the interpreter (CPU tensors) tl.dot mishandles bfloat16, so 16-bit operands
+    are widened to fp32 first: exact, since a product of two 16-bit floats is exact in
+    fp32 and the tensor-core path accumulates in fp32 too."""
+    return keys.device.type != "cuda" and keys.dtype != torch.float32

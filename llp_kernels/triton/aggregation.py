@@ -1,0 +1,183 @@
+"""Aggregation loss in Triton: the dual online log-sum-exp (forward) and dq from
+recomputed similarity tiles (backward). Nothing B x N is ever written.
+
+Forward, per program (a block of queries x one slice of N): for each bank tile,
+``s = q . bank^T / tau`` with ``tl.dot``; running (max, sum) for all rows and for rows
+whose label equals the query's. The same-label sum reuses the all-row exponentials
+(one exp per logit) unless its maximum sits more than 60 nats below the overall one
+(rows far from unit norm), when it takes its own exponentials. Partials per slice go to
+[S, B] buffers and are combined on the host with logsumexp.
+
+Backward: ``w = g/tau * (exp(s - lse_all) - [same] exp(s - lse_same))`` per tile and
+``dq += w @ bank_tile``; per-slice partials [S, B, D] are summed on the host.
+Queries are cast to the bank's dtype (on the host, round-to-nearest-even) and the
+backward weights ``w`` to it in-kernel, so bf16/fp16 banks use native tensor-core
+products with fp32 accumulation.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._launch import blocks, input_precision, num_splits, widen_16bit
+
+SHARED_SHIFT_RANGE = 60.0
+
+
+@triton.jit
+def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
+                        m_all_ptr, s_all_ptr, m_same_ptr, s_same_ptr,
+                        B, N, D, n_per_split, inv_tau,
+                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                        PRECISION: tl.constexpr, SHARED_RANGE: tl.constexpr,
+                        WIDEN: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    b_ok = rb < B
+    q = tl.load(q_ptr + rb[:, None] * D + rd[None, :], mask=b_ok[:, None] & (rd[None, :] < D), other=0.0)
+    if WIDEN:
+        q = q.to(tl.float32)
+    q_label = tl.load(query_labels_ptr + rb, mask=b_ok, other=0)
+
+    m_all = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    s_all = tl.zeros([BLOCK_B], tl.float32)
+    m_same = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    s_same = tl.zeros([BLOCK_B], tl.float32)
+    lo = pid_s * n_per_split
+    hi = tl.minimum(lo + n_per_split, N)
+    for start in range(lo, hi, BLOCK_N):
+        rn = start + tl.arange(0, BLOCK_N)
+        n_ok = rn < hi
+        k = tl.load(bank_ptr + rn[:, None].to(tl.int64) * D + rd[None, :],
+                    mask=n_ok[:, None] & (rd[None, :] < D), other=0.0)
+        if WIDEN:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+        labels = tl.load(bank_labels_ptr + rn, mask=n_ok, other=-1)
+        same = (labels[None, :] == q_label[:, None]) & n_ok[None, :]
+
+        new_m = tl.maximum(m_all, tl.max(s, 1))
+        p = tl.exp(s - new_m[:, None])
+        s_all = s_all * tl.exp(m_all - new_m) + tl.sum(p, 1)
+        m_all = new_m
+
+        tile_max_same = tl.max(tl.where(same, s, float("-inf")), 1)
+        new_m_same = tl.maximum(m_same, tile_max_same)
+        has_same = tile_max_same > float("-inf")
+        gap = tl.where(has_same, new_m - tile_max_same, 0.0)
+        if tl.max(gap, 0) > SHARED_RANGE:
+            contrib = tl.sum(tl.where(same, tl.exp(s - new_m_same[:, None]), 0.0), 1)
+        else:
+            contrib = tl.sum(tl.where(same, p, 0.0), 1) * tl.exp(new_m - new_m_same)
+        contrib = tl.where(has_same, contrib, 0.0)
+        s_same = tl.where(new_m_same > float("-inf"), s_same * tl.exp(m_same - new_m_same), 0.0) + contrib
+        m_same = new_m_same
+
+    out = pid_s * B + rb
+    tl.store(m_all_ptr + out, m_all, mask=b_ok)
+    tl.store(s_all_ptr + out, s_all, mask=b_ok)
+    tl.store(m_same_ptr + out, m_same, mask=b_ok)
+    tl.store(s_same_ptr + out, s_same, mask=b_ok)
+
+
+@triton.jit
+def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
+                         lse_all_ptr, lse_same_ptr, scale_ptr, dq_ptr,
+                         B, N, D, n_per_split, inv_tau,
+                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                         PRECISION: tl.constexpr, WIDEN: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    b_ok = rb < B
+    d_ok = rd < D
+    q = tl.load(q_ptr + rb[:, None] * D + rd[None, :], mask=b_ok[:, None] & d_ok[None, :], other=0.0)
+    if WIDEN:
+        q = q.to(tl.float32)
+    q_label = tl.load(query_labels_ptr + rb, mask=b_ok, other=0)
+    lse_all = tl.load(lse_all_ptr + rb, mask=b_ok, other=0.0)
+    lse_same = tl.load(lse_same_ptr + rb, mask=b_ok, other=0.0)
+    scale = tl.load(scale_ptr + rb, mask=b_ok, other=0.0)
+
+    acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
+    lo = pid_s * n_per_split
+    hi = tl.minimum(lo + n_per_split, N)
+    for start in range(lo, hi, BLOCK_N):
+        rn = start + tl.arange(0, BLOCK_N)
+        n_ok = rn < hi
+        k = tl.load(bank_ptr + rn[:, None].to(tl.int64) * D + rd[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if WIDEN:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
+        labels = tl.load(bank_labels_ptr + rn, mask=n_ok, other=-1)
+        same = (labels[None, :] == q_label[:, None]) & n_ok[None, :]
+        p_all = tl.exp(s - lse_all[:, None])
+        p_same = tl.where(same, tl.exp(s - lse_same[:, None]), 0.0)
+        w = tl.where(n_ok[None, :], scale[:, None] * (p_all - p_same), 0.0)
+        acc += tl.dot(w.to(bank_ptr.dtype.element_ty).to(k.dtype), k, input_precision=PRECISION)
+
+    out = dq_ptr + (pid_s * B + rb)[:, None].to(tl.int64) * D + rd[None, :]
+    tl.store(out, acc, mask=b_ok[:, None] & d_ok[None, :])
+
+
+def _grid(queries: Tensor, bank: Tensor):
+    B, D = queries.shape
+    N = bank.shape[0]
+    blk = blocks(B, D, bank.dtype, bank.device)
+    row_blocks = triton.cdiv(B, blk.rows)
+    splits = num_splits(row_blocks, N, blk.n, bank.device)
+    n_per_split = triton.cdiv(triton.cdiv(N, splits), blk.n) * blk.n
+    splits = triton.cdiv(N, n_per_split)
+    return blk, (row_blocks, splits), n_per_split
+
+
+def _launch_options(blk, device):
+    return {} if device.type != "cuda" else {"num_warps": blk.warps, "num_stages": blk.stages}
+
+
+def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                    tau: float) -> Tuple[Tensor, Tensor]:
+    B, D = queries.shape
+    N = bank.shape[0]
+    blk, grid, n_per_split = _grid(queries, bank)
+    queries = queries.to(bank.dtype)
+    parts = torch.empty(4, grid[1], B, dtype=torch.float32, device=queries.device)
+    _lse_forward_kernel[grid](
+        queries, bank, bank_labels, query_labels, parts[0], parts[1], parts[2], parts[3],
+        B, N, D, n_per_split, 1.0 / tau,
+        BLOCK_B=blk.rows, BLOCK_N=blk.n, BLOCK_D=blk.d,
+        PRECISION=input_precision(bank.dtype), SHARED_RANGE=SHARED_SHIFT_RANGE,
+        WIDEN=widen_16bit(bank), **_launch_options(blk, bank.device))
+    m_all, s_all, m_same, s_same = parts
+    return (torch.logsumexp(m_all + torch.log(s_all), dim=0),
+            torch.logsumexp(m_same + torch.log(s_same), dim=0))
+
+
+def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                     lse_all: Tensor, lse_same: Tensor, grad_output: Tensor,
+                     tau: float) -> Tensor:
+    B, D = queries.shape
+    N = bank.shape[0]
+    blk, grid, n_per_split = _grid(queries, bank)
+    queries = queries.to(bank.dtype)
+    usable = torch.isfinite(lse_same) & torch.isfinite(lse_all)
+    scale = torch.where(usable, grad_output.float() / tau, 0.0).contiguous()
+    lse_all = torch.where(usable, lse_all.float(), 0.0).contiguous()
+    lse_same = torch.where(usable, lse_same.float(), 0.0).contiguous()
+    parts = torch.empty(grid[1], B, D, dtype=torch.float32, device=queries.device)
+    _lse_backward_kernel[grid](
+        queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, parts,
+        B, N, D, n_per_split, 1.0 / tau,
+        BLOCK_B=blk.rows, BLOCK_N=blk.n, BLOCK_D=blk.d,
+        PRECISION=input_precision(bank.dtype), WIDEN=widen_16bit(bank),
+        **_launch_options(blk, bank.device))
+    return parts.sum(dim=0)

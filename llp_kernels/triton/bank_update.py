@@ -1,0 +1,34 @@
+"""Memory-bank update in Triton: one program per updated row gathers the bank row and
+the new embedding, mixes them in fp32, re-normalises and scatters the row back in the
+bank's dtype: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)``.
+Indices arrive unique (the ops layer keeps the last occurrence of each), so programs
+never race on a row.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _bank_update_kernel(bank_ptr, indices_ptr, emb_ptr, D, momentum, BLOCK_D: tl.constexpr):
+    b = tl.program_id(0)
+    row = tl.load(indices_ptr + b)
+    rd = tl.arange(0, BLOCK_D)
+    d_ok = rd < D
+    target = bank_ptr + row * D + rd
+    old = tl.load(target, mask=d_ok, other=0.0).to(tl.float32)
+    new = tl.load(emb_ptr + b.to(tl.int64) * D + rd, mask=d_ok, other=0.0).to(tl.float32)
+    mixed = momentum * old + (1.0 - momentum) * new
+    norm = tl.sqrt(tl.sum(mixed * mixed, 0))
+    out = mixed / tl.maximum(norm, 1e-12)
+    tl.store(target, out.to(bank_ptr.dtype.element_ty), mask=d_ok)
+
+
+def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                        momentum: float) -> None:
+    B, D = embeddings.shape
+    block_d = max(16, triton.next_power_of_2(D))
+    options = {"num_warps": 4 if block_d >= 512 else 1} if bank.device.type == "cuda" else {}
+    _bank_update_kernel[(B,)](bank, indices, embeddings, D, momentum, BLOCK_D=block_d, **options)

@@ -1,0 +1,129 @@
+"""Streaming top-k with key bias in Triton: the k largest ``q . key_j / tau - bias[j]``.
+
+Each score becomes one int64 key: the fp32 bits made order-preserving in the high 32
+bits, ``2^32 - 1 - j`` in the low 32 (so among equal values the lower index wins). A
+program owns a block of queries and a slice of N and keeps its best ``KP`` keys per row
+(``KP`` = next power of two >= k, as ``tl.topk`` requires). For each similarity tile a
+per-row threshold filter (the current KP-th best) decides whether the tile can
+contribute at all; only then are the tile's best KP keys merged in with ``tl.topk``.
+Per-slice candidates [S, Q, KP] are merged on the host with ``torch.topk``.
+
+16-bit keys: queries are rounded to the keys' dtype for the tensor-core product, so
+near-ties could swap; the kernel keeps extra candidates and the host re-scores them in
+fp32 before the final k. Supported k: 1 <= k <= MAX_K.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._launch import blocks, input_precision, num_splits, widen_16bit
+
+MAX_K = 1024
+RESCORE_MARGIN = 8
+
+
+@triton.jit
+def _pack(values, columns):
+    """(fp32 value, int column) -> int64 key, increasing with value, then with -column."""
+    bits = values.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    return (ordered.to(tl.int64) << 32) + (4294967295 - columns.to(tl.int64))
+
+
+@triton.jit
+def _unpack_value(keys):
+    ordered = (keys >> 32).to(tl.int32)
+    bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_tau,
+                 HAS_BIAS: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                 WIDEN: tl.constexpr):
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    rd = tl.arange(0, BLOCK_D)
+    q_ok = rq < Q
+    d_ok = rd < D
+    q = tl.load(q_ptr + rq[:, None] * D + rd[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+    if WIDEN:
+        q = q.to(tl.float32)
+
+    # Sentinel: below every real key (value -inf with the worst possible index).
+    sentinel = _pack(tl.full([BLOCK_Q, KP], float("-inf"), tl.float32),
+                     tl.full([BLOCK_Q, KP], 4294967295, tl.int64))
+    best = sentinel
+    threshold = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    lo = pid_s * n_per_split
+    hi = tl.minimum(lo + n_per_split, N)
+    for start in range(lo, hi, BLOCK_N):
+        rn = start + tl.arange(0, BLOCK_N)
+        n_ok = rn < hi
+        k = tl.load(keys_ptr + rn[:, None].to(tl.int64) * D + rd[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if WIDEN:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
+        if HAS_BIAS:
+            s = s - tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+        # Threshold filter: merge only when some row has a score reaching its KP-th best.
+        hits = tl.sum((tl.max(s, 1) >= threshold).to(tl.int32), 0)
+        if hits > 0:
+            packed = tl.where(n_ok[None, :], _pack(s, rn[None, :] + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)),
+                              sentinel.min())
+            tile_best = tl.topk(packed, KP)
+            best = tl.topk(tl.reshape(tl.join(best, tile_best), (BLOCK_Q, 2 * KP)), KP)
+            threshold = _unpack_value(tl.min(best, 1))
+
+    out = out_ptr + (pid_s * Q + rq)[:, None].to(tl.int64) * KP + tl.arange(0, KP)[None, :]
+    tl.store(out, best, mask=q_ok[:, None])
+
+
+def _unpack(keys: Tensor) -> Tuple[Tensor, Tensor]:
+    ordered = (keys >> 32).to(torch.int32)
+    bits = torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
+    return bits.view(torch.float32), 4294967295 - (keys & 0xFFFFFFFF)
+
+
+def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
+                    key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    if k > MAX_K:
+        raise ValueError(f"k={k} exceeds the triton backend's limit of {MAX_K}; "
+                         "use backend='cpu' or 'reference' for larger k")
+    Q, D = queries.shape
+    N = keys.shape[0]
+    rescore = keys.dtype != torch.float32
+    kp = triton.next_power_of_2(min(N, k + RESCORE_MARGIN) if rescore else k)
+    blk = blocks(Q, D, keys.dtype, keys.device)
+    block_q = min(blk.rows, 16) if kp >= 256 else blk.rows
+    block_n = max(blk.n, kp)
+    row_blocks = triton.cdiv(Q, block_q)
+    splits = num_splits(row_blocks, N, block_n, keys.device)
+    n_per_split = triton.cdiv(triton.cdiv(N, splits), block_n) * block_n
+    splits = triton.cdiv(N, n_per_split)
+    candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=queries.device)
+    options = {} if keys.device.type != "cuda" else {"num_warps": blk.warps, "num_stages": blk.stages}
+    _topk_kernel[(row_blocks, splits)](
+        queries.to(keys.dtype), keys, key_bias if key_bias is not None else keys, candidates,
+        Q, N, D, n_per_split, 1.0 / tau, HAS_BIAS=key_bias is not None, KP=kp,
+        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=blk.d, PRECISION=input_precision(keys.dtype),
+        WIDEN=widen_16bit(keys), **options)
+    merged = torch.topk(candidates.permute(1, 0, 2).reshape(Q, splits * kp),
+                        min(kp, N), dim=1).values
+    values, indices = _unpack(merged)
+    if rescore:  # exact fp32 scores of the candidates, then the final k
+        exact = torch.einsum("qd,qcd->qc", queries.float(), keys[indices].float()) / tau
+        if key_bias is not None:
+            exact = exact - key_bias[indices]
+        values, order = torch.sort(exact, dim=1, descending=True, stable=True)
+        indices = torch.gather(indices, 1, order)
+    return values[:, :k].contiguous(), indices[:, :k].contiguous()
