@@ -61,6 +61,10 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
     sentinel = _pack(tl.full([BLOCK_Q, KP], float("-inf"), tl.float32),
                      tl.full([BLOCK_Q, KP], 4294967295, tl.int64))
     best = sentinel
+    # Masked columns may be real indices of a neighbouring slice: they must rank below
+    # every real key, so they become sentinels too.
+    tile_sentinel = _pack(tl.full([BLOCK_Q, BLOCK_N], float("-inf"), tl.float32),
+                          tl.full([BLOCK_Q, BLOCK_N], 4294967295, tl.int64))
     threshold = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     lo = pid_s * n_per_split
     hi = tl.minimum(lo + n_per_split, N)
@@ -78,8 +82,8 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
         # Threshold filter: merge only when some row has a score reaching its KP-th best.
         hits = tl.sum((tl.max(s, 1) >= threshold).to(tl.int32), 0)
         if hits > 0:
-            packed = tl.where(n_ok[None, :], _pack(s, rn[None, :] + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)),
-                              sentinel.min())
+            columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
+            packed = tl.where(n_ok[None, :], _pack(s, columns), tile_sentinel)
             tile_best = tl.topk(packed, KP)
             best = tl.topk(tl.reshape(tl.join(best, tile_best), (BLOCK_Q, 2 * KP)), KP)
             threshold = _unpack_value(tl.min(best, 1))
