@@ -41,27 +41,28 @@ def embeddings(name: str, t, dim: Optional[int] = None, dim_from: str = "") -> t
     return t
 
 
+def _one_per_row(name: str, t: torch.Tensor, length: int, length_from: str) -> torch.Tensor:
+    if t.dim() != 1 or t.shape[0] != length:
+        raise ValueError(
+            f"{name} must be 1-D with {length} entries (one per row of {length_from}), "
+            f"got shape {tuple(t.shape)}")
+    return t
+
+
 def labels(name: str, t, length: int, length_from: str) -> torch.Tensor:
     """A 1-D integer tensor with ``length`` entries."""
     _is_tensor(name, t)
     if t.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name} must be an integer tensor (int64 or int32), got {t.dtype}")
-    if t.dim() != 1 or t.shape[0] != length:
-        raise ValueError(
-            f"{name} must be 1-D with {length} entries (one per row of {length_from}), "
-            f"got shape {tuple(t.shape)}")
-    return t
+    return _one_per_row(name, t, length, length_from)
 
 
 def bias(name: str, t, length: int, length_from: str) -> torch.Tensor:
+    """A 1-D float tensor with ``length`` entries."""
     _is_tensor(name, t)
     if not t.dtype.is_floating_point:
         raise TypeError(f"{name} must be a float tensor, got {t.dtype}")
-    if t.dim() != 1 or t.shape[0] != length:
-        raise ValueError(
-            f"{name} must be 1-D with {length} entries (one per row of {length_from}), "
-            f"got shape {tuple(t.shape)}")
-    return t
+    return _one_per_row(name, t, length, length_from)
 
 
 def same_device(**tensors: Optional[torch.Tensor]) -> torch.device:

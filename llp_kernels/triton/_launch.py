@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+import triton.language as tl
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,15 @@ def widen_16bit(keys: torch.Tensor) -> bool:
     are widened to fp32 first: exact, since a product of two 16-bit floats is exact in
     fp32 and the tensor-core path accumulates in fp32 too."""
     return keys.device.type != "cuda" and keys.dtype != torch.float32
+
+
+@triton.jit
+def load_rows(ptr, rows, n_valid, D, BLOCK_D: tl.constexpr, WIDEN: tl.constexpr):
+    """Rows ``rows`` (< n_valid) of a contiguous [*, D] matrix as a [len(rows), BLOCK_D]
+    tile, zero-padded; widened to fp32 when WIDEN (interpreter, 16-bit inputs)."""
+    cols = tl.arange(0, BLOCK_D)
+    tile = tl.load(ptr + rows[:, None].to(tl.int64) * D + cols[None, :],
+                   mask=(rows[:, None] < n_valid) & (cols[None, :] < D), other=0.0)
+    if WIDEN:
+        tile = tile.to(tl.float32)
+    return tile

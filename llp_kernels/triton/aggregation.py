@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import blocks, input_precision, num_splits, widen_16bit
+from ._launch import blocks, input_precision, load_rows, num_splits, widen_16bit
 
 SHARED_SHIFT_RANGE = 60.0
 
@@ -38,11 +38,8 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rd = tl.arange(0, BLOCK_D)
     b_ok = rb < B
-    q = tl.load(q_ptr + rb[:, None] * D + rd[None, :], mask=b_ok[:, None] & (rd[None, :] < D), other=0.0)
-    if WIDEN:
-        q = q.to(tl.float32)
+    q = load_rows(q_ptr, rb, B, D, BLOCK_D, WIDEN)
     q_label = tl.load(query_labels_ptr + rb, mask=b_ok, other=0)
 
     m_all = tl.full([BLOCK_B], float("-inf"), tl.float32)
@@ -54,10 +51,7 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     for start in range(lo, hi, BLOCK_N):
         rn = start + tl.arange(0, BLOCK_N)
         n_ok = rn < hi
-        k = tl.load(bank_ptr + rn[:, None].to(tl.int64) * D + rd[None, :],
-                    mask=n_ok[:, None] & (rd[None, :] < D), other=0.0)
-        if WIDEN:
-            k = k.to(tl.float32)
+        k = load_rows(bank_ptr, rn, hi, D, BLOCK_D, WIDEN)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
         s = tl.where(n_ok[None, :], s, float("-inf"))
         labels = tl.load(bank_labels_ptr + rn, mask=n_ok, other=-1)
@@ -99,9 +93,7 @@ def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     rd = tl.arange(0, BLOCK_D)
     b_ok = rb < B
     d_ok = rd < D
-    q = tl.load(q_ptr + rb[:, None] * D + rd[None, :], mask=b_ok[:, None] & d_ok[None, :], other=0.0)
-    if WIDEN:
-        q = q.to(tl.float32)
+    q = load_rows(q_ptr, rb, B, D, BLOCK_D, WIDEN)
     q_label = tl.load(query_labels_ptr + rb, mask=b_ok, other=0)
     lse_all = tl.load(lse_all_ptr + rb, mask=b_ok, other=0.0)
     lse_same = tl.load(lse_same_ptr + rb, mask=b_ok, other=0.0)
@@ -113,10 +105,7 @@ def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     for start in range(lo, hi, BLOCK_N):
         rn = start + tl.arange(0, BLOCK_N)
         n_ok = rn < hi
-        k = tl.load(bank_ptr + rn[:, None].to(tl.int64) * D + rd[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if WIDEN:
-            k = k.to(tl.float32)
+        k = load_rows(bank_ptr, rn, hi, D, BLOCK_D, WIDEN)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
         labels = tl.load(bank_labels_ptr + rn, mask=n_ok, other=-1)
         same = (labels[None, :] == q_label[:, None]) & n_ok[None, :]

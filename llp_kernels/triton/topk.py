@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import blocks, input_precision, num_splits, widen_16bit
+from ._launch import blocks, input_precision, load_rows, num_splits, widen_16bit
 
 MAX_K = 1024
 RESCORE_MARGIN = 8
@@ -50,12 +50,8 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
     rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    rd = tl.arange(0, BLOCK_D)
     q_ok = rq < Q
-    d_ok = rd < D
-    q = tl.load(q_ptr + rq[:, None] * D + rd[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-    if WIDEN:
-        q = q.to(tl.float32)
+    q = load_rows(q_ptr, rq, Q, D, BLOCK_D, WIDEN)
 
     # Sentinel: below every real key (value -inf with the worst possible index).
     sentinel = _pack(tl.full([BLOCK_Q, KP], float("-inf"), tl.float32),
@@ -71,10 +67,7 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
     for start in range(lo, hi, BLOCK_N):
         rn = start + tl.arange(0, BLOCK_N)
         n_ok = rn < hi
-        k = tl.load(keys_ptr + rn[:, None].to(tl.int64) * D + rd[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if WIDEN:
-            k = k.to(tl.float32)
+        k = load_rows(keys_ptr, rn, hi, D, BLOCK_D, WIDEN)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
         if HAS_BIAS:
             s = s - tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
