@@ -17,14 +17,9 @@ from torch import Tensor
 
 from ._extension import dtype_code, extension, ptr
 
-NAME = "cpu"
 TILE_ELEMENTS = 1 << 20
 MIN_TILE_COLS = 256
 TOPK_ROW_BLOCK = 1024
-
-
-def supports(device: torch.device) -> bool:
-    return device.type == "cpu"
 
 
 def _threads() -> int:
@@ -104,16 +99,17 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
     bias = None if key_bias is None else _fp32(key_bias).contiguous()
     values = torch.empty(Q, k, dtype=torch.float32)
     indices = torch.empty(Q, k, dtype=torch.int64)
-    # Row blocks keep the tile bounded when Q is large; each block streams all keys.
+    # Row blocks keep the tile buffer bounded when Q is large.
     row_block = min(Q, TOPK_ROW_BLOCK)
     cols = _tile_cols(row_block, N)
     buffer = torch.empty(row_block * cols, dtype=torch.float32)
-    for r0 in range(0, Q, row_block):
-        r1 = min(Q, r0 + row_block)
-        qb = q[r0:r1]
-        vb, ib = values[r0:r1], indices[r0:r1]
-        for lo, hi, tile in _tiles(keys, cols):
-            dots = _dots(qb, tile, buffer)
+    # Key tiles outer: each (possibly 16-bit) key tile is widened once and then met by
+    # every query block; the per-row heaps carry the state between tiles.
+    for lo, hi, tile in _tiles(keys, cols):
+        for r0 in range(0, Q, row_block):
+            r1 = min(Q, r0 + row_block)
+            vb, ib = values[r0:r1], indices[r0:r1]
+            dots = _dots(q[r0:r1], tile, buffer)
             C.cpu_topk_tile_update(ptr(dots), r1 - r0, hi - lo, hi - lo,
                                    0 if bias is None else ptr(bias) + 4 * lo, 1.0 / tau, lo, k,
                                    ptr(vb), ptr(ib), _threads())

@@ -9,14 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._extension import cuda_compiled, cuda_device_status, dtype_code, extension, ptr
+from ._extension import dtype_code, extension, ptr
 
-NAME = "cuda"
 IMPLEMENTED = frozenset({"update_memory_bank_"})
-
-
-def supports(device: torch.device) -> bool:
-    return device.type == "cuda" and cuda_compiled() and cuda_device_status()[0] > 0
 
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,

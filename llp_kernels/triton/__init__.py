@@ -10,9 +10,7 @@ import importlib.util
 import os
 from typing import Tuple
 
-import torch
 
-NAME = "triton"
 IMPLEMENTED = frozenset({"aggregation_lse", "aggregation_grad", "topk_similarity",
                          "update_memory_bank_"})
 
@@ -25,12 +23,6 @@ def installed() -> Tuple[bool, str]:
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def supports(device: torch.device) -> bool:
-    if not installed()[0]:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 
 # The backend interface; each loads its kernel module (and triton) on first use.

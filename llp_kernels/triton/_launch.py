@@ -41,12 +41,20 @@ def blocks(rows: int, dim: int, key_dtype: torch.dtype, device: torch.device) ->
     return Blocks(block_rows, block_n, block_d, 8, 3)
 
 
-def num_splits(row_blocks: int, n: int, block_n: int, device: torch.device) -> int:
+def split_n(row_blocks: int, n: int, block_n: int, device: torch.device):
+    """(number of slices S, columns per slice): slices are whole multiples of block_n."""
     tiles = triton.cdiv(n, block_n)
     if device.type != "cuda":
-        return min(2, tiles)  # exercise the combine path in interpreter tests
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(tiles, triton.cdiv(4 * sms, row_blocks)))
+        wanted = min(2, tiles)  # exercise the combine path in interpreter tests
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        wanted = max(1, min(tiles, triton.cdiv(4 * sms, row_blocks)))
+    n_per_split = triton.cdiv(tiles, wanted) * block_n
+    return triton.cdiv(n, n_per_split), n_per_split
+
+
+def launch_options(blk: Blocks, device: torch.device) -> dict:
+    return {"num_warps": blk.warps, "num_stages": blk.stages} if device.type == "cuda" else {}
 
 
 def input_precision(dtype: torch.dtype) -> str:
@@ -74,3 +82,23 @@ def load_rows(ptr, rows, n_valid, D, BLOCK_D: tl.constexpr, WIDEN: tl.constexpr)
     if WIDEN:
         tile = tile.to(tl.float32)
     return tile
+
+
+@triton.jit
+def similarity_tile(q, keys_ptr, start, hi, D, inv_tau, BLOCK_N: tl.constexpr,
+                    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr):
+    """Columns ``start + arange(BLOCK_N)`` of one slice ending at ``hi``: their indices,
+    validity, key tile and raw logits ``q . key / tau`` (invalid columns unmasked)."""
+    columns = start + tl.arange(0, BLOCK_N)
+    valid = columns < hi
+    keys = load_rows(keys_ptr, columns, hi, D, BLOCK_D, WIDEN)
+    logits = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * inv_tau
+    return columns, valid, keys, logits
+
+
+@triton.jit
+def same_label(bank_labels_ptr, columns, valid, query_labels):
+    """[rows, cols] mask: bank row label equals the query's (labels < 0 never match,
+    since query labels are >= 0)."""
+    labels = tl.load(bank_labels_ptr + columns, mask=valid, other=-1)
+    return (labels[None, :] == query_labels[:, None]) & valid[None, :]

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import blocks, input_precision, load_rows, num_splits, widen_16bit
+from ._launch import (blocks, input_precision, launch_options, load_rows, same_label,
+                      similarity_tile, split_n, widen_16bit)
 
 SHARED_SHIFT_RANGE = 60.0
 
@@ -49,13 +50,10 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     lo = pid_s * n_per_split
     hi = tl.minimum(lo + n_per_split, N)
     for start in range(lo, hi, BLOCK_N):
-        rn = start + tl.arange(0, BLOCK_N)
-        n_ok = rn < hi
-        k = load_rows(bank_ptr, rn, hi, D, BLOCK_D, WIDEN)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
+        rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau,
+                                         BLOCK_N, BLOCK_D, PRECISION, WIDEN)
         s = tl.where(n_ok[None, :], s, float("-inf"))
-        labels = tl.load(bank_labels_ptr + rn, mask=n_ok, other=-1)
-        same = (labels[None, :] == q_label[:, None]) & n_ok[None, :]
+        same = same_label(bank_labels_ptr, rn, n_ok, q_label)
 
         new_m = tl.maximum(m_all, tl.max(s, 1))
         p = tl.exp(s - new_m[:, None])
@@ -103,12 +101,9 @@ def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     lo = pid_s * n_per_split
     hi = tl.minimum(lo + n_per_split, N)
     for start in range(lo, hi, BLOCK_N):
-        rn = start + tl.arange(0, BLOCK_N)
-        n_ok = rn < hi
-        k = load_rows(bank_ptr, rn, hi, D, BLOCK_D, WIDEN)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
-        labels = tl.load(bank_labels_ptr + rn, mask=n_ok, other=-1)
-        same = (labels[None, :] == q_label[:, None]) & n_ok[None, :]
+        rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau,
+                                         BLOCK_N, BLOCK_D, PRECISION, WIDEN)
+        same = same_label(bank_labels_ptr, rn, n_ok, q_label)
         p_all = tl.exp(s - lse_all[:, None])
         p_same = tl.where(same, tl.exp(s - lse_same[:, None]), 0.0)
         w = tl.where(n_ok[None, :], scale[:, None] * (p_all - p_same), 0.0)
@@ -123,14 +118,8 @@ def _grid(queries: Tensor, bank: Tensor):
     N = bank.shape[0]
     blk = blocks(B, D, bank.dtype, bank.device)
     row_blocks = triton.cdiv(B, blk.rows)
-    splits = num_splits(row_blocks, N, blk.n, bank.device)
-    n_per_split = triton.cdiv(triton.cdiv(N, splits), blk.n) * blk.n
-    splits = triton.cdiv(N, n_per_split)
+    splits, n_per_split = split_n(row_blocks, N, blk.n, bank.device)
     return blk, (row_blocks, splits), n_per_split
-
-
-def _launch_options(blk, device):
-    return {} if device.type != "cuda" else {"num_warps": blk.warps, "num_stages": blk.stages}
 
 
 def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
@@ -145,7 +134,7 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
         B, N, D, n_per_split, 1.0 / tau,
         BLOCK_B=blk.rows, BLOCK_N=blk.n, BLOCK_D=blk.d,
         PRECISION=input_precision(bank.dtype), SHARED_RANGE=SHARED_SHIFT_RANGE,
-        WIDEN=widen_16bit(bank), **_launch_options(blk, bank.device))
+        WIDEN=widen_16bit(bank), **launch_options(blk, bank.device))
     m_all, s_all, m_same, s_same = parts
     return (torch.logsumexp(m_all + torch.log(s_all), dim=0),
             torch.logsumexp(m_same + torch.log(s_same), dim=0))
@@ -168,5 +157,5 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
         B, N, D, n_per_split, 1.0 / tau,
         BLOCK_B=blk.rows, BLOCK_N=blk.n, BLOCK_D=blk.d,
         PRECISION=input_precision(bank.dtype), WIDEN=widen_16bit(bank),
-        **_launch_options(blk, bank.device))
+        **launch_options(blk, bank.device))
     return parts.sum(dim=0)

@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import blocks, input_precision, load_rows, num_splits, widen_16bit
+from ._launch import (blocks, input_precision, launch_options, load_rows, similarity_tile,
+                      split_n, widen_16bit)
 
 MAX_K = 1024
 RESCORE_MARGIN = 8
@@ -65,10 +66,8 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
     lo = pid_s * n_per_split
     hi = tl.minimum(lo + n_per_split, N)
     for start in range(lo, hi, BLOCK_N):
-        rn = start + tl.arange(0, BLOCK_N)
-        n_ok = rn < hi
-        k = load_rows(keys_ptr, rn, hi, D, BLOCK_D, WIDEN)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * inv_tau
+        rn, n_ok, _, s = similarity_tile(q, keys_ptr, start, hi, D, inv_tau,
+                                         BLOCK_N, BLOCK_D, PRECISION, WIDEN)
         if HAS_BIAS:
             s = s - tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
         s = tl.where(n_ok[None, :], s, float("-inf"))
@@ -104,16 +103,13 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
     block_q = min(blk.rows, 16) if kp >= 256 else blk.rows
     block_n = max(blk.n, kp)
     row_blocks = triton.cdiv(Q, block_q)
-    splits = num_splits(row_blocks, N, block_n, keys.device)
-    n_per_split = triton.cdiv(triton.cdiv(N, splits), block_n) * block_n
-    splits = triton.cdiv(N, n_per_split)
+    splits, n_per_split = split_n(row_blocks, N, block_n, keys.device)
     candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=queries.device)
-    options = {} if keys.device.type != "cuda" else {"num_warps": blk.warps, "num_stages": blk.stages}
     _topk_kernel[(row_blocks, splits)](
         queries.to(keys.dtype), keys, key_bias if key_bias is not None else keys, candidates,
         Q, N, D, n_per_split, 1.0 / tau, HAS_BIAS=key_bias is not None, KP=kp,
         BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=blk.d, PRECISION=input_precision(keys.dtype),
-        WIDEN=widen_16bit(keys), **options)
+        WIDEN=widen_16bit(keys), **launch_options(blk, keys.device))
     merged = torch.topk(candidates.permute(1, 0, 2).reshape(Q, splits * kp),
                         min(kp, N), dim=1).values
     values, indices = _unpack(merged)
