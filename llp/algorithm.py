@@ -41,6 +41,7 @@ class LLPState:
         self.labels = torch.where(labeled, true_labels, torch.zeros_like(true_labels))
         self.confidence = labeled.float()
         self.log_density: Optional[Tensor] = None
+        self._instance_labels: Optional[Tensor] = None
         # Ground-truth labels of labeled rows, validated once here.
         lk_labels = self.labels[self.labeled_idx]
         if lk_labels.numel() == 0:
@@ -110,6 +111,14 @@ class LLPState:
                                   backend=cfg.backend)
         total = (weight * (ce + agg)).mean()
         return total, ce.mean().detach(), agg.mean().detach()
+
+    def instance_loss(self, idx: Tensor, embedding: Tensor) -> Tensor:
+        """Instance-recognition warm-up (Wu et al. 2018): the aggregation loss with every
+        example its own class, i.e. -log P(bank row idx_b | v_b); returns the batch mean."""
+        if self._instance_labels is None:
+            self._instance_labels = torch.arange(self.bank.shape[0], device=self.bank.device)
+        return lk.aggregation_loss(embedding, self.bank, self._instance_labels, idx,
+                                   tau=self.config.tau, backend=self.config.backend).mean()
 
     def update_bank(self, idx: Tensor, embedding: Tensor) -> None:
         lk.update_memory_bank_(self.bank, idx, embedding.detach(), momentum=self.config.momentum,

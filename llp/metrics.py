@@ -9,10 +9,15 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def classify(model, images: Tensor, batch: int = 512) -> Tensor:
+def run_model(model, source, device, batch: int = 256, output: int = 1) -> Tensor:
+    """Model outputs (0: embeddings, 1: logits) in fp32 for every row of a data source,
+    without augmentation, in eval mode."""
     model.eval()
-    logits = [model(images[i:i + batch])[1].float() for i in range(0, images.shape[0], batch)]
-    return torch.cat(logits)
+    outs = []
+    for start in range(0, len(source), batch):
+        idx = torch.arange(start, min(start + batch, len(source)))
+        outs.append(model(source.batch(idx).to(device))[output].float())
+    return torch.cat(outs)
 
 
 def accuracy_metrics(logits: Tensor, y: Tensor, num_classes: int) -> Dict[str, float]:
@@ -24,9 +29,11 @@ def accuracy_metrics(logits: Tensor, y: Tensor, num_classes: int) -> Dict[str, f
             "test_balanced_acc": sum(per_class) / len(per_class)}
 
 
-def pseudo_label_metrics(state, true_labels: Tensor) -> Dict[str, float]:
+def pseudo_label_metrics(state, true_labels: Tensor, known: bool = True) -> Dict[str, float]:
+    """Accuracy against the hidden ground truth and mean confidence of the unlabeled
+    examples' current labels; NaN when there are none or none were assigned yet."""
     u = state.unlabeled_idx
-    if u.numel() == 0:
+    if u.numel() == 0 or not known:
         return {"pseudo_acc": float("nan"), "pseudo_conf": float("nan")}
     return {"pseudo_acc": (state.labels[u] == true_labels[u]).float().mean().item(),
             "pseudo_conf": state.confidence[u].mean().item()}

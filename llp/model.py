@@ -33,6 +33,76 @@ def small_convnet(num_classes: int, embed_dim: int = 128, width: int = 32) -> Tw
     return TwoHeadNet(trunk, 4 * width, num_classes, embed_dim)
 
 
+def mlp(in_features: int, num_classes: int, embed_dim: int = 128, width: int = 512) -> TwoHeadNet:
+    """For precomputed feature vectors [B, in_features]: two hidden layers with batch norm."""
+    trunk = nn.Sequential(nn.Linear(in_features, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(),
+                          nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU())
+    return TwoHeadNet(trunk, width, num_classes, embed_dim)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (He et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18Trunk(nn.Module):
+    """ResNet-18 up to global average pooling: [B, 3, H, W] -> [B, 512]. Parameter names
+    follow torchvision's resnet18, so its weights load into ``trunk``. ``small_images``
+    swaps the 7x7/2 stem and max-pool for one 3x3/1 convolution (images of 32-64 px)."""
+
+    def __init__(self, small_images: bool = False):
+        super().__init__()
+        if small_images:
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        widths = [64, 128, 256, 512]
+        for i, width in enumerate(widths):
+            cin = widths[max(i - 1, 0)]
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, width, stride),
+                                                         BasicBlock(width, width, 1)))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+
+def resnet18(num_classes: int, embed_dim: int = 128, image_size: int = 224) -> TwoHeadNet:
+    return TwoHeadNet(ResNet18Trunk(small_images=image_size < 96), 512, num_classes, embed_dim)
+
+
+def build_model(kind: str, input_shape: tuple, num_classes: int) -> TwoHeadNet:
+    """The network for a data kind: digits -> small conv net, features -> MLP,
+    images -> ResNet-18."""
+    if kind == "digits":
+        return small_convnet(num_classes)
+    if kind == "features":
+        return mlp(input_shape[0], num_classes)
+    return resnet18(num_classes, image_size=input_shape[-1])
+
+
 def parameter_groups(model: nn.Module, weight_decay: float):
     """Weight decay on weights only: not on biases or normalisation parameters."""
     decay, no_decay = [], []

@@ -43,7 +43,7 @@ def test_llp_learns_and_beats_labeled_only_knn(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    flags = ["--epochs", "4", "--lr-drops", "3", "--seed", "3"]
+    flags = ["--epochs", "4", "--lr-drops", "plateau", "--plateau-patience", "1", "--seed", "3"]
     full, full_dir = run(tmp_path, "full", *flags)
     run(tmp_path, "part", *flags[:1], "2", *flags[2:])
     resumed = train.main(["--quiet", "--resume", str(tmp_path / "part"), "--epochs", "4"])
@@ -88,6 +88,13 @@ def test_corrupt_checkpoint_is_a_clear_error_and_touches_nothing(tmp_path):
     (["--backend", "tpu"], "--backend must be auto or one of"),
     (["--labeled-list", "missing.txt"], "does not exist"),
     (["--lr-drops", "ten"], "--lr-drops must be"),
+    (["--lr-drops", "9,5"], "positive and increasing"),
+    (["--rate-jump", "60,70"], "needs 3 boundaries"),
+    (["--data", "no/such/dir"], "--data no/such/dir is not a directory"),
+    (["--features", "x.npy"], "--features and --labels go together"),
+    (["--data", ".", "--features", "x.npy", "--labels", "y.npy"], "alternatives"),
+    (["--bank-dtype", "int8"], "--bank-dtype: invalid choice"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, flags, message):
     result = cli(*flags, cwd=tmp_path)
@@ -108,3 +115,88 @@ def test_help_lists_every_flag_with_a_default():
     for flag in ("--method", "--no-density-weighting", "--no-confidence", "--k", "--t",
                  "--pseudo-labels", "--labeled-fraction", "--resume", "--backend"):
         assert flag in text
+
+
+def test_instance_recognition_warmup_then_llp(tmp_path):
+    record, run_dir = run(tmp_path, "warm", "--warmup-epochs", "2", "--epochs", "3", "--lr-drops", "")
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [l["phase"] for l in lines] == ["warmup", "warmup", "llp", "llp", "llp"]
+    assert np.isnan(lines[0]["pseudo_acc"]) and lines[1]["pseudo_acc"] > 0.3
+    assert lines[0]["train_ce"] == 0.0 and lines[0]["train_agg"] > 0  # instance loss only
+    assert record["epoch"] == 5 and record["test_top1"] > 0.3
+
+
+def test_bf16_bank_and_autocast_train(tmp_path):
+    record, run_dir = run(tmp_path, "bf16", "--epochs", "3", "--lr-drops", "", "--bank-dtype",
+                          "bfloat16", "--amp")
+    bank = torch.load(run_dir / "checkpoint.pt", weights_only=False)["llp"]["bank"]
+    assert bank.dtype == torch.bfloat16
+    assert record["pseudo_acc"] > 0.5
+
+
+def test_features_path_trains_an_mlp(tmp_path):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    np.save(tmp_path / "x.npy", digits.data.astype(np.float64))
+    np.save(tmp_path / "y.npy", digits.target.astype(np.int32))
+    record, run_dir = run(tmp_path, "feat", "--features", str(tmp_path / "x.npy"), "--labels",
+                          str(tmp_path / "y.npy"), "--epochs", "6", "--lr-drops", "")
+    assert record["test_top1"] > 0.7 and record["pseudo_acc"] > 0.7
+    np.save(tmp_path / "bad.npy", digits.target[:10])
+    result = cli("--features", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "bad.npy"), cwd=tmp_path)
+    assert result.returncode == 2 and "--labels must be an integer [N] array with N=1797" in result.stderr
+
+
+def make_image_folder(root: Path, classes=3, per_class=8, size=20):
+    """Coloured squares at random places, one colour per class."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size + 3 * i % 7, 3), dtype=np.uint8)
+            y, x = rng.integers(0, size // 2, 2)
+            img[y:y + size // 2, x:x + size // 2, c] = 255
+            Image.fromarray(img).save(root / f"class_{c}" / f"{i}.png")
+
+
+def test_image_folder_path_trains_a_resnet18(tmp_path):
+    make_image_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    record, run_dir = run(tmp_path, "img", "--data", str(tmp_path / "imgs"), "--image-size", "16",
+                          "--labeled-fraction", "0.5", "--epochs", "2", "--warmup-epochs", "1",
+                          "--batch-size", "8", "--k", "3", "--t", "3", "--workers", "2")
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [l["phase"] for l in lines] == ["warmup", "llp", "llp"]
+    assert all(np.isfinite(l["train_loss"]) for l in lines)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["llp"]["bank"].shape == (18, 128)  # 24 images, 2 per class held out
+    assert "trunk.layer4.1.conv2.weight" in ckpt["model"]  # torchvision's resnet18 names
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    result = cli("--data", str(empty), cwd=tmp_path)
+    assert result.returncode == 2 and "no class subfolders with images" in result.stderr
+
+
+def test_image_folder_with_train_and_val(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", per_class=4)
+    make_image_folder(tmp_path / "d" / "val", per_class=2)
+    from llp.image_folder import load_image_folder_split
+    split = load_image_folder_split(str(tmp_path / "d"), 0.5, 0, 16, 1)
+    assert (len(split.train), len(split.test), split.num_classes) == (12, 6, 3)
+    a = split.train.batch(torch.tensor([0, 5]), torch.Generator().manual_seed(1))
+    b = split.train.batch(torch.tensor([0, 5]), torch.Generator().manual_seed(1))
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b)  # crops come from the generator
+    assert torch.equal(split.test.batch(torch.tensor([1])), split.test.batch(torch.tensor([1])))
+
+
+def test_report_draws_pngs(tmp_path):
+    _, run_dir = run(tmp_path, "r", "--epochs", "2", "--lr-drops", "1")
+    from llp import report
+    written = report.main([str(run_dir), str(run_dir)])
+    assert {p.name for p in written} >= {"loss.png", "test_accuracy.png", "pseudo_labels.png", "lr.png"}
+    assert all(p.stat().st_size > 1000 for p in written)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bad = subprocess.run([sys.executable, "-m", "llp.report", str(tmp_path)], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "no metrics.jsonl" in bad.stderr and "Traceback" not in bad.stderr
