@@ -2,7 +2,8 @@
 
 For each labeled fraction and seed (the same stratified split for every method) it
 trains ``--method supervised``, LLP, LLP ``--no-density-weighting`` (NoDW) and LLP
-``--no-confidence`` (NoC) through ``llp.train``, and fits scikit-learn's
+``--no-confidence`` (NoC) and LLP after 30 epochs of instance-recognition warm-up
+through ``llp.train``, and fits scikit-learn's
 ``LabelSpreading`` (knn and rbf kernels) on the raw pixels, then prints mean ± std of
 test top-1 over seeds as a Markdown table. Extra flags after ``--`` go to every
 ``llp.train`` run.
@@ -30,6 +31,7 @@ METHODS = {
     "LLP": [],
     "LLP NoDW": ["--no-density-weighting"],
     "LLP NoC": ["--no-confidence"],
+    "LLP + 30 warm-up epochs": ["--warmup-epochs", "30"],
 }
 
 
@@ -64,7 +66,7 @@ def main(argv=None) -> Dict[str, Dict[float, List[float]]]:
         for seed in args.seeds:
             common = ["--quiet", "--labeled-fraction", str(fraction), "--seed", str(seed), *args.train_flags]
             for name, flags in METHODS.items():
-                run_dir = out / f"p{fraction}-seed{seed}-{name.split(' ')[-1].strip('()').lower()}"
+                run_dir = out / f"p{fraction}-seed{seed}-{'-'.join(flags).strip('-') or 'llp'}"
                 record = train.main([*common, *flags, "--run-dir", str(run_dir)])
                 results.setdefault(name, {}).setdefault(fraction, []).append(record["test_top1"])
                 print(f"p={fraction} seed={seed} {name}: {record['test_top1']:.4f}", flush=True)

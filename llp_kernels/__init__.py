@@ -10,7 +10,7 @@ Every function takes ``backend="auto"|"reference"|"cpu"|"triton"|"cuda"``; the e
 variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what runs here.
 """
 from . import reference
-from ._dispatch import BACKENDS, available_backends, usable_backends
+from ._dispatch import BACKENDS, OPS, available_backends, unusable_reason, usable_backends
 from .ops import (
     aggregation_grad,
     aggregation_loss,
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "OPS",
     "aggregation_grad",
     "aggregation_loss",
     "aggregation_lse",
@@ -33,6 +34,7 @@ __all__ = [
     "propagate_labels",
     "reference",
     "topk_similarity",
+    "unusable_reason",
     "update_memory_bank_",
     "usable_backends",
 ]

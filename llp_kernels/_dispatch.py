@@ -73,6 +73,15 @@ def _unusable_reason(name: str, op: str, device: torch.device) -> str:
     return ""
 
 
+def unusable_reason(backend: str, op: str, device: "torch.device | str") -> str:
+    """Why ``backend`` cannot run ``op`` (one of ``OPS``) on ``device``; '' when it can."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    return _unusable_reason(backend, op, torch.device(device))
+
+
 def resolve(op: str, backend: str, device: torch.device) -> str:
     """The concrete backend name that will run ``op`` on ``device``."""
     if not isinstance(backend, str):

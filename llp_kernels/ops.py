@@ -40,7 +40,7 @@ def _aggregation_grad_op(queries: Tensor, bank: Tensor, bank_labels: Tensor, que
                          backend: str) -> Tensor:
     check.labels_in_range("query_labels", query_labels, 0, None)
     dq = module(backend).aggregation_grad(queries, bank, bank_labels, query_labels,
-                                          lse_all, lse_same, grad_output, tau)
+                                          lse_all, lse_same, tau=tau, grad_output=grad_output)
     return dq.to(queries.dtype)
 
 

@@ -74,8 +74,8 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, grad_output: Optional[Tensor] = None,
-                     tau: float = 0.07) -> Tensor:
+                     lse_all: Tensor, lse_same: Tensor, tau: float = 0.07,
+                     grad_output: Optional[Tensor] = None) -> Tensor:
     """``d(sum_b g_b loss[b]) / dq`` for this bank (or shard), given the global LSEs.
 
     ``dq_b = g_b / tau * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)`` with

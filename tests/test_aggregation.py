@@ -171,7 +171,7 @@ def test_reference_explicit_gradient_matches_its_autograd():
     leaf = q.clone().requires_grad_()
     (auto,) = torch.autograd.grad(ref.aggregation_loss(leaf, bank, bl, ql), leaf, g)
     lse_all, lse_same = ref.aggregation_lse(q, bank, bl, ql)
-    explicit = ref.aggregation_grad(q, bank, bl, ql, lse_all, lse_same, g)
+    explicit = ref.aggregation_grad(q, bank, bl, ql, lse_all, lse_same, grad_output=g)
     torch.testing.assert_close(explicit, auto, rtol=1e-10, atol=1e-12)
     assert (explicit[2] == 0).all()
 

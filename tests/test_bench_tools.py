@@ -1,0 +1,62 @@
+"""The benchmark machinery itself: its checks fail on a wrong result (a benchmark that
+cannot fail proves nothing), and the report turns pytest-benchmark JSON into tables."""
+import json
+
+import pytest
+import torch
+
+from bench import checks, report
+from bench.harness import unit_rows
+from llp_kernels import reference as ref
+
+
+def test_assert_close_catches_a_wrong_value():
+    want = torch.linspace(-14, 14, 100)
+    checks.assert_close("ok", want + 1e-4, want, "float32")
+    with pytest.raises(AssertionError, match="exceeds"):
+        checks.assert_close("bad", want + 1e-2, want, "float32")
+    inf = want.clone()
+    inf[3] = float("inf")
+    with pytest.raises(AssertionError, match="infinities"):
+        checks.assert_close("inf", want, inf, "float32")
+
+
+def test_topk_check_catches_wrong_indices():
+    q, keys = unit_rows(8, 16, "float32", "cpu", 0), unit_rows(300, 16, "float32", "cpu", 1)
+    values, indices = ref.topk_similarity(q, keys, 5, 0.07)
+    checks.assert_topk_consistent(values, indices, q, keys, 0.07, None, values, "float32")
+    shuffled = indices.roll(1, dims=0)
+    with pytest.raises(AssertionError):
+        checks.assert_topk_consistent(values, shuffled, q, keys, 0.07, None, values, "float32")
+
+
+def test_chunked_reference_equals_plain(monkeypatch):
+    monkeypatch.setattr(checks, "CHUNK_BYTES", 4 * 300 * 3)  # three query rows per chunk
+    q, bank = unit_rows(10, 16, "float32", "cpu", 0), unit_rows(300, 16, "float32", "cpu", 1)
+    bl, ql = torch.randint(-1, 4, (300,)), torch.randint(0, 4, (10,))
+    got = checks.chunked_aggregation_lse(q, bank, bl, ql, 0.07)
+    want = ref.aggregation_lse(q, bank, bl, ql, 0.07)
+    assert torch.allclose(got[0], want[0]) and torch.allclose(got[1], want[1])
+    g = torch.rand(10)
+    assert torch.allclose(checks.chunked_aggregation_grad(q, bank, bl, ql, *want, 0.07, g),
+                          ref.aggregation_grad(q, bank, bl, ql, *want, tau=0.07, grad_output=g), atol=1e-5)
+
+
+def test_report_tables(tmp_path):
+    peaks = {"name": "CPU", "bytes_per_s": 1e11, "flops_float32": 2e11, "flops_bfloat16": 8e11,
+             "source": "stated"}
+
+    def entry(impl, median, op="topk_similarity"):
+        return {"stats": {"median": median}, "extra_info": {
+            "op": op, "size": "Q1-N1", "dtype": "float32", "impl": impl, "peer": impl.startswith("peer:"),
+            "flops": 2e9, "bytes": 1e6, "device_peaks": peaks, "peak_memory_bytes": 2**20,
+            "max_abs_err": 1e-6}}
+    data = {"datetime": "today", "benchmarks": [
+        entry("reference", 0.04), entry("cpu", 0.01), entry("peer:faiss", 0.02),
+        entry("supervised", 0.010, "train step"), entry("llp", 0.011, "train step")]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    text = report.main([str(path), "--out", str(tmp_path / "r.md")])
+    assert "| cpu | Q1-N1 | float32 | 10.00 ms | 4.00x | 1.0 MiB | 200.0 | 0.1 | 100.0% |" in text
+    assert "| faiss (peer) |" in text and "| llp | Q1-N1 | 11.00 ms | +10.0% |" in text
+    assert (tmp_path / "r.md").read_text() == text
