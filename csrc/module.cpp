@@ -120,6 +120,40 @@ PYBIND11_MODULE(_C, m) {
           }
           if (!err.empty()) throw std::runtime_error(err);
         });
+  m.def("cuda_aggregation_plan", [](int64_t B, int64_t N, int64_t D, int bank_dtype, bool backward_pass, int device) {
+    const auto plan = llp::cuda::aggregation_plan(B, N, D, bank_dtype, backward_pass, device);
+    return py::make_tuple(plan.splits, plan.n_per_split, plan.rows_padded, plan.dim_padded);
+  });
+  m.def("cuda_aggregation_forward",
+        [](uintptr_t q, uintptr_t bank, int bank_dtype, uintptr_t bank_labels, uintptr_t query_labels,
+           uintptr_t parts, int64_t B, int64_t N, int64_t D, int64_t splits, int64_t n_per_split,
+           float inv_tau, bool exact_fp32, int device, uintptr_t stream) {
+          std::string err;
+          {
+            py::gil_scoped_release nogil;
+            err = llp::cuda::aggregation_forward(
+                ptr<const void>(q), ptr<const void>(bank), bank_dtype, ptr<const int64_t>(bank_labels),
+                ptr<const int64_t>(query_labels), ptr<float>(parts), B, N, D, splits, n_per_split, inv_tau,
+                exact_fp32, device, reinterpret_cast<void*>(stream));
+          }
+          if (!err.empty()) throw std::runtime_error(err);
+        });
+  m.def("cuda_aggregation_backward",
+        [](uintptr_t q, uintptr_t bank, int bank_dtype, uintptr_t bank_labels, uintptr_t query_labels,
+           uintptr_t lse_all, uintptr_t lse_same, uintptr_t coef, uintptr_t parts, int64_t B, int64_t N,
+           int64_t D, int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32, int device,
+           uintptr_t stream) {
+          std::string err;
+          {
+            py::gil_scoped_release nogil;
+            err = llp::cuda::aggregation_backward(
+                ptr<const void>(q), ptr<const void>(bank), bank_dtype, ptr<const int64_t>(bank_labels),
+                ptr<const int64_t>(query_labels), ptr<const float>(lse_all), ptr<const float>(lse_same),
+                ptr<const float>(coef), ptr<float>(parts), B, N, D, splits, n_per_split, inv_tau, exact_fp32,
+                device, reinterpret_cast<void*>(stream));
+          }
+          if (!err.empty()) throw std::runtime_error(err);
+        });
 #else
   m.attr("cuda_compiled") = false;
   m.attr("cuda_archs") = "";

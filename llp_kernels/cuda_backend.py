@@ -1,24 +1,84 @@
 """The ``cuda`` backend: hand-written CUDA kernels from ``csrc/cuda`` via ``llp_kernels._C``.
 
-So far it holds the memory-bank update; the aggregation loss and the streaming top-k
-are their own work item. ``IMPLEMENTED`` lists what exists, and the dispatcher never
-routes an op here that is not in it.
+It holds the memory-bank update and the aggregation loss (tensor-core WMMA similarity
+tiles; forward partials per bank slice combined here in a fixed order, so results are
+deterministic). The streaming top-k is still to come: ``IMPLEMENTED`` lists what exists,
+and the dispatcher never routes an op here that is not in it. ``backend="auto"`` keeps
+preferring Triton on CUDA until a measured table says otherwise.
 """
 from __future__ import annotations
+
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
 from ._extension import dtype_code, extension, ptr
 
-IMPLEMENTED = frozenset({"update_memory_bank_"})
+IMPLEMENTED = frozenset({"update_memory_bank_", "aggregation_lse", "aggregation_grad"})
+MAX_DIM = 256
+
+
+def _stream(t: Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _exact_fp32(bank: Tensor) -> bool:
+    """fp32 products on tensor cores as TF32 only when torch allows TF32 matmuls;
+    otherwise as 3xTF32 (hi/lo split), which keeps fp32 accuracy."""
+    return bank.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+def _check_dim(D: int) -> None:
+    if D > MAX_DIM:
+        raise ValueError(f"backend='cuda' computes the aggregation loss for D <= {MAX_DIM}, got D={D}; "
+                         f"use backend='triton'")
+
+
+def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                    tau: float) -> Tuple[Tensor, Tensor]:
+    B, D = queries.shape
+    N = bank.shape[0]
+    _check_dim(D)
+    C = extension()
+    device = bank.device.index
+    splits, n_per_split, _, _ = C.cuda_aggregation_plan(B, N, D, dtype_code(bank, "bank"), False, device)
+    q = queries.to(bank.dtype).contiguous()
+    parts = torch.empty(4, splits, B, dtype=torch.float32, device=bank.device)
+    C.cuda_aggregation_forward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
+                               ptr(query_labels), ptr(parts), B, N, D, splits, n_per_split,
+                               1.0 / tau, _exact_fp32(bank), device, _stream(bank))
+    m_all, s_all, m_same, s_same = parts
+    return (torch.logsumexp(m_all + torch.log(s_all), dim=0),
+            torch.logsumexp(m_same + torch.log(s_same), dim=0))
+
+
+def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                     lse_all: Tensor, lse_same: Tensor, grad_output: Tensor, tau: float) -> Tensor:
+    B, D = queries.shape
+    N = bank.shape[0]
+    _check_dim(D)
+    C = extension()
+    device = bank.device.index
+    splits, n_per_split, rows_padded, dim_padded = C.cuda_aggregation_plan(
+        B, N, D, dtype_code(bank, "bank"), True, device)
+    q = queries.to(bank.dtype).contiguous()
+    usable = torch.isfinite(lse_same) & torch.isfinite(lse_all)
+    coef = torch.where(usable, grad_output.float() / tau, 0.0).contiguous()
+    lse_all = torch.where(usable, lse_all.float(), 0.0).contiguous()
+    lse_same = torch.where(usable, lse_same.float(), 0.0).contiguous()
+    parts = torch.empty(splits, rows_padded, dim_padded, dtype=torch.float32, device=bank.device)
+    C.cuda_aggregation_backward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
+                                ptr(query_labels), ptr(lse_all), ptr(lse_same), ptr(coef), ptr(parts),
+                                B, N, D, splits, n_per_split, 1.0 / tau, _exact_fp32(bank), device,
+                                _stream(bank))
+    return parts.sum(dim=0)[:B, :D]
 
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
                         momentum: float) -> None:
     """``indices`` unique and in range (the ops layer deduplicates and checks)."""
-    stream = torch.cuda.current_stream(bank.device).cuda_stream
     extension().cuda_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0],
                                  bank.shape[1], ptr(indices), ptr(embeddings),
                                  dtype_code(embeddings, "embeddings"), indices.shape[0],
-                                 momentum, bank.device.index, stream)
+                                 momentum, bank.device.index, _stream(bank))

@@ -8,25 +8,12 @@
 #include <string>
 
 #include "common/dtype.h"
+#include "cuda/device_types.cuh"
 #include "cuda/kernels.h"
 
 namespace llp::cuda {
 
 namespace {
-
-template <typename T> struct Dev;
-template <> struct Dev<float> {
-  __device__ static float load(const float* p) { return *p; }
-  __device__ static void store(float* p, float v) { *p = v; }
-};
-template <> struct Dev<__nv_bfloat16> {
-  __device__ static float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  __device__ static void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-};
-template <> struct Dev<__half> {
-  __device__ static float load(const __half* p) { return __half2float(*p); }
-  __device__ static void store(__half* p, float v) { *p = __float2half_rn(v); }
-};
 
 constexpr int kWarpsPerBlock = 8;
 

@@ -13,6 +13,30 @@ std::string bank_update(void* bank, int bank_dtype, int64_t N, int64_t D, const 
                         const void* emb, int emb_dtype, int64_t B, float momentum, int device,
                         void* stream);
 
+// How the aggregation kernels split the bank: `splits` slices of `n_per_split` rows
+// (enough blocks for ~4 per SM even at small B); partial buffers are [4][splits][B]
+// (forward) and [splits][rows_padded][dim_padded] (backward).
+struct AggregationPlan {
+  int64_t splits = 1, n_per_split = 0, rows_padded = 0, dim_padded = 0;
+};
+AggregationPlan aggregation_plan(int64_t B, int64_t N, int64_t D, int bank_dtype, bool backward_pass, int device);
+
+// Forward partials (max, sum) of the all-row and same-label log-sum-exps per slice.
+// q is [B, D] in the bank's dtype; labels int64. `exact_fp32`: fp32 products by 3xTF32
+// instead of TF32. Returns an error string naming the kernel, empty on success.
+std::string aggregation_forward(const void* q, const void* bank, int bank_dtype, const int64_t* bank_labels,
+                                const int64_t* query_labels, float* parts, int64_t B, int64_t N, int64_t D,
+                                int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
+                                int device, void* stream);
+
+// Backward partials of dq per slice; coef[b] = grad_output[b] / tau (0 for rows whose
+// LSEs are not finite, whose lse values may then be anything finite).
+std::string aggregation_backward(const void* q, const void* bank, int bank_dtype, const int64_t* bank_labels,
+                                 const int64_t* query_labels, const float* lse_all, const float* lse_same,
+                                 const float* coef, float* parts, int64_t B, int64_t N, int64_t D,
+                                 int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
+                                 int device, void* stream);
+
 // Number of visible devices, or -1 with the reason in `why` when the runtime/driver
 // cannot be used (e.g. no driver on a CPU-only machine).
 int device_count(std::string* why);
