@@ -154,6 +154,23 @@ PYBIND11_MODULE(_C, m) {
           }
           if (!err.empty()) throw std::runtime_error(err);
         });
+  m.def("cuda_topk_plan", [](int64_t Q, int64_t N, int kp, int key_dtype, int device) {
+    const auto plan = llp::cuda::topk_plan(Q, N, kp, key_dtype, device);
+    return py::make_tuple(plan.splits, plan.n_per_split);
+  });
+  m.def("cuda_topk",
+        [](uintptr_t q, uintptr_t keys, int key_dtype, uintptr_t bias, uintptr_t out, int64_t Q, int64_t N,
+           int64_t D, int kp, int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32, int device,
+           uintptr_t stream) {
+          std::string err;
+          {
+            py::gil_scoped_release nogil;
+            err = llp::cuda::topk(ptr<const void>(q), ptr<const void>(keys), key_dtype, ptr_or_null<const float>(bias),
+                                  ptr<int64_t>(out), Q, N, D, kp, splits, n_per_split, inv_tau, exact_fp32, device,
+                                  reinterpret_cast<void*>(stream));
+          }
+          if (!err.empty()) throw std::runtime_error(err);
+        });
 #else
   m.attr("cuda_compiled") = false;
   m.attr("cuda_archs") = "";

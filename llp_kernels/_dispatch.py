@@ -20,8 +20,9 @@ from ._extension import cuda_compiled, cuda_device_status, extension_error
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 OPS = ("aggregation_lse", "aggregation_grad", "topk_similarity", "update_memory_bank_")
 
-# Fastest first, per device type. On CUDA, Triton leads until the CUDA backend has
-# measured numbers that say otherwise (see the CUDA work item).
+# Fastest first, per device type. On CUDA, Triton leads: the CUDA kernels have not yet
+# been timed on a GPU, and this order changes only with a measured table (GPU, date)
+# committed under bench/results/.
 AUTO_ORDER = {
     "cpu": ("cpu", "reference"),
     "cuda": ("triton", "cuda", "reference"),

@@ -1,22 +1,25 @@
 """The ``cuda`` backend: hand-written CUDA kernels from ``csrc/cuda`` via ``llp_kernels._C``.
 
-It holds the memory-bank update and the aggregation loss (tensor-core WMMA similarity
+It holds the memory-bank update, the aggregation loss (tensor-core WMMA similarity
 tiles; forward partials per bank slice combined here in a fixed order, so results are
-deterministic). The streaming top-k is still to come: ``IMPLEMENTED`` lists what exists,
-and the dispatcher never routes an op here that is not in it. ``backend="auto"`` keeps
-preferring Triton on CUDA until a measured table says otherwise.
+deterministic) and the streaming top-k behind ``local_density`` and ``propagate_labels``.
+Limits: D <= 256, k <= 256, compute capability 8.0+ (each a clear error). ``backend="auto"``
+keeps preferring Triton on CUDA until a table measured on a GPU says otherwise.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ._extension import dtype_code, extension, ptr
+from ._packed_topk import finish, kept_size
 
-IMPLEMENTED = frozenset({"update_memory_bank_", "aggregation_lse", "aggregation_grad"})
+IMPLEMENTED = frozenset({"update_memory_bank_", "aggregation_lse", "aggregation_grad",
+                         "topk_similarity"})
 MAX_DIM = 256
+MAX_K = 256
 
 
 def _stream(t: Tensor) -> int:
@@ -82,3 +85,28 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
                                  bank.shape[1], ptr(indices), ptr(embeddings),
                                  dtype_code(embeddings, "embeddings"), indices.shape[0],
                                  momentum, bank.device.index, _stream(bank))
+
+
+def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
+                    key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Fused WMMA similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
+    k <= MAX_K; 16-bit keys keep up to RESCORE_MARGIN extra candidates (fewer when
+    k + margin would pass MAX_K) that are re-scored in fp32 on the host."""
+    Q, D = queries.shape
+    N = keys.shape[0]
+    if k > MAX_K:
+        raise ValueError(f"k={k} exceeds the cuda backend's limit of {MAX_K}; use backend='triton' "
+                         f"(k <= 1024) or 'cpu'/'reference'")
+    if D > MAX_DIM:
+        raise ValueError(f"backend='cuda' computes top-k for D <= {MAX_DIM}, got D={D}; use backend='triton'")
+    rescore = keys.dtype != torch.float32
+    kp = min(kept_size(k, N, keys.dtype, smallest=32), MAX_K)
+    C = extension()
+    device = keys.device.index
+    code = dtype_code(keys, "keys")
+    splits, n_per_split = C.cuda_topk_plan(Q, N, kp, code, device)
+    q = queries.to(keys.dtype).contiguous()
+    candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=keys.device)
+    C.cuda_topk(ptr(q), ptr(keys), code, 0 if key_bias is None else ptr(key_bias), ptr(candidates),
+                Q, N, D, kp, splits, n_per_split, 1.0 / tau, _exact_fp32(keys), device, _stream(keys))
+    return finish(candidates, queries, keys, k, tau, key_bias, rescore)

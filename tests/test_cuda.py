@@ -1,6 +1,7 @@
 """GPU-only checks of the ``cuda`` backend beyond the shared op matrix (which covers odd
 shapes, every bank dtype, gradients with grad_output != 1 and bad input): a bank in the
-millions, TF32 against 3xTF32 for fp32 banks, its own limits, and compute-sanitizer.
+millions (aggregation and top-k), TF32 against 3xTF32 for fp32 banks, its own limits,
+and compute-sanitizer.
 Skipped with the reason on a machine without a usable CUDA device."""
 import os
 import shutil
@@ -47,6 +48,23 @@ def test_bank_in_the_millions(dtype):
     assert torch.allclose(q.grad.double(), leaf.grad, atol=tol * 15, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_over_millions_of_keys(dtype):
+    g = torch.Generator().manual_seed(2)
+    N, Q, D, k = 2_000_003, 33, 128, 25
+    keys = unit_rows(N, D, dtype, "cuda", g)
+    q = unit_rows(Q, D, torch.float32, "cuda", g)
+    bias = torch.rand(N, generator=g).cuda()
+    values, indices = lk.topk_similarity(q, keys, k, key_bias=bias, backend="cuda")
+    scores = (q.double() @ keys.double().T) / 0.07 - bias.double()
+    want = torch.topk(scores, k, dim=1).values
+    assert torch.allclose(values.double(), want, atol=1e-3, rtol=0)
+    assert torch.allclose(torch.gather(scores, 1, indices), values.double(), atol=1e-3, rtol=0)
+    density = lk.local_density(keys[:Q], keys, t=k, backend="cuda")
+    want = torch.logsumexp(torch.topk(keys[:Q].double() @ keys.double().T / 0.07, k, dim=1).values, dim=1)
+    assert torch.allclose(density.double(), want, atol=1e-3, rtol=0)
+
+
 def test_tf32_and_split_fp32_paths():
     g = torch.Generator().manual_seed(1)
     bank = unit_rows(5003, 128, torch.float32, "cuda", g)
@@ -84,6 +102,8 @@ def test_compute_sanitizer_clean():
         "    bl = torch.randint(-1, 5, (333,), generator=g).cuda(); ql = torch.randint(0, 5, (45,), generator=g).cuda()\n"
         "    lk.aggregation_loss(q, bank, bl, ql, backend='cuda').sum().backward()\n"
         "    lk.update_memory_bank_(bank, torch.arange(7, device='cuda'), q.detach()[:7], backend='cuda')\n"
+        "    for k in (1, 25, 200):\n"
+        "        lk.topk_similarity(q.detach(), bank, k, key_bias=torch.rand(333, device='cuda'), backend='cuda')\n"
         "torch.cuda.synchronize()\n")
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}

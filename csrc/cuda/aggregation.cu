@@ -27,106 +27,18 @@
 #include "cuda/device_types.cuh"
 #include "cuda/kernels.h"
 #include "cuda/launch_check.cuh"
+#include "cuda/wmma_tiles.cuh"
 
 namespace llp::cuda {
 
 namespace {
 
-using namespace nvcuda;
-
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kPad = 8;  // shared-memory row padding in elements; keeps WMMA's 32-byte alignment
 constexpr int kForwardRows = 64;
 constexpr int kBackwardRows = 32;
-constexpr int kMaxDim = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr unsigned kFull = 0xffffffffu;
 
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define LLP_TENSOR_CORES 1
-#endif
-
-template <typename T> constexpr int bank_tile_rows() { return std::is_same_v<T, float> ? 32 : 64; }
-int dim_padded(int64_t D) { return static_cast<int>((D + 15) / 16 * 16); }
-
-// WMMA shapes and input types per bank dtype.
-template <typename T> struct Mma {
-  static constexpr int K = 16;
-  using In = T;
-};
-template <> struct Mma<float> {
-  static constexpr int K = 8;
-  using In = wmma::precision::tf32;
-};
-
-template <typename T> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Mma<T>::K, typename Mma<T>::In, wmma::row_major>;
-template <typename T, typename L> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Mma<T>::K, typename Mma<T>::In, L>;
-template <typename T> using FragC = wmma::fragment<wmma::accumulator, 16, 16, Mma<T>::K, float>;
-
-#ifdef LLP_TENSOR_CORES
-// acc += A[16 x kdim] (row-major, lda) @ B[kdim x 16]; B is column-major (b(k, n) at
-// b[n * ldb + k]) or row-major (b[k * ldb + n]). fp32 inputs become TF32, or with
-// `split` the 3xTF32 sum hi*lo + lo*hi + hi*hi.
-template <typename T, typename LayoutB>
-__device__ void mma_accumulate(FragC<T>& acc, const T* a, int lda, const T* b, int ldb, int kdim, bool split) {
-  constexpr int K = Mma<T>::K;
-  constexpr bool col_major = std::is_same_v<LayoutB, wmma::col_major>;
-  for (int k = 0; k < kdim; k += K) {
-    FragA<T> fa;
-    FragB<T, LayoutB> fb;
-    wmma::load_matrix_sync(fa, a + k, lda);
-    wmma::load_matrix_sync(fb, col_major ? b + k : b + static_cast<int64_t>(k) * ldb, ldb);
-    if constexpr (std::is_same_v<T, float>) {
-      if (split) {
-        FragA<T> fa_lo;
-        FragB<T, LayoutB> fb_lo;
-#pragma unroll
-        for (int i = 0; i < fa.num_elements; ++i) {
-          const float hi = wmma::__float_to_tf32(fa.x[i]);
-          fa_lo.x[i] = wmma::__float_to_tf32(fa.x[i] - hi);
-          fa.x[i] = hi;
-        }
-#pragma unroll
-        for (int i = 0; i < fb.num_elements; ++i) {
-          const float hi = wmma::__float_to_tf32(fb.x[i]);
-          fb_lo.x[i] = wmma::__float_to_tf32(fb.x[i] - hi);
-          fb.x[i] = hi;
-        }
-        wmma::mma_sync(acc, fa_lo, fb, acc);
-        wmma::mma_sync(acc, fa, fb_lo, acc);
-      } else {
-#pragma unroll
-        for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
-#pragma unroll
-        for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
-      }
-    }
-    wmma::mma_sync(acc, fa, fb, acc);
-  }
-}
-#endif
-
-__device__ float warp_max(float v) {
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, off));
-  return v;
-}
-__device__ float warp_sum(float v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
-  return v;
-}
-
-// rows [row0, row0 + rows) of a [n_valid, D] matrix into shared memory [rows][ld],
-// zero beyond n_valid and beyond D (up to Dp).
-template <typename T>
-__device__ void load_tile(T* dst, int ld, const T* src, int64_t row0, int rows, int64_t n_valid, int D, int Dp) {
-  for (int i = threadIdx.x; i < rows * Dp; i += blockDim.x) {
-    const int r = i / Dp, c = i - r * Dp;
-    const int64_t g = row0 + r;
-    dst[r * ld + c] = (g < n_valid && c < D) ? src[g * D + c] : Dev<T>::zero();
-  }
-}
+using namespace tiles;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)

@@ -37,6 +37,19 @@ std::string aggregation_backward(const void* q, const void* bank, int bank_dtype
                                  int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
                                  int device, void* stream);
 
+// How the top-k kernel splits the keys: `splits` slices of `n_per_split` rows; the
+// output buffer is [splits][Q][kp] packed int64 keys (see llp_kernels/_packed_topk.py).
+struct TopkPlan {
+  int64_t splits = 1, n_per_split = 0;
+};
+TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device);
+
+// The kp best packed (score, index) keys of q . keys_j * inv_tau - bias[j] (bias may be
+// null) per query and key slice; kp in {32, 64, 128, 256}; q in the keys' dtype.
+std::string topk(const void* q, const void* keys, int key_dtype, const float* bias, int64_t* out, int64_t Q,
+                 int64_t N, int64_t D, int kp, int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
+                 int device, void* stream);
+
 // Number of visible devices, or -1 with the reason in `why` when the runtime/driver
 // cannot be used (e.g. no driver on a CPU-only machine).
 int device_count(std::string* why);

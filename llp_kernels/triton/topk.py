@@ -21,11 +21,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._packed_topk import RESCORE_MARGIN, finish
 from ._launch import (blocks, input_precision, launch_options, load_rows, similarity_tile,
                       split_n, widen_16bit)
 
 MAX_K = 1024
-RESCORE_MARGIN = 8
 
 
 @triton.jit
@@ -84,12 +84,6 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
     tl.store(out, best, mask=q_ok[:, None])
 
 
-def _unpack(keys: Tensor) -> Tuple[Tensor, Tensor]:
-    ordered = (keys >> 32).to(torch.int32)
-    bits = torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return bits.view(torch.float32), 4294967295 - (keys & 0xFFFFFFFF)
-
-
 def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
                     key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     if k > MAX_K:
@@ -110,13 +104,4 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
         Q, N, D, n_per_split, 1.0 / tau, HAS_BIAS=key_bias is not None, KP=kp,
         BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=blk.d, PRECISION=input_precision(keys.dtype),
         WIDEN=widen_16bit(keys), **launch_options(blk, keys.device))
-    merged = torch.topk(candidates.permute(1, 0, 2).reshape(Q, splits * kp),
-                        min(kp, N), dim=1).values
-    values, indices = _unpack(merged)
-    if rescore:  # exact fp32 scores of the candidates, then the final k
-        exact = torch.einsum("qd,qcd->qc", queries.float(), keys[indices].float()) / tau
-        if key_bias is not None:
-            exact = exact - key_bias[indices]
-        values, order = torch.sort(exact, dim=1, descending=True, stable=True)
-        indices = torch.gather(indices, 1, order)
-    return values[:, :k].contiguous(), indices[:, :k].contiguous()
+    return finish(candidates, queries, keys, k, tau, key_bias, rescore)

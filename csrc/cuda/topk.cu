@@ -1,0 +1,241 @@
+// Streaming top-k with key bias on CUDA: the KP best of q . key_j / tau - bias[j] per
+// query, with the similarity GEMM tile fused to the selection.
+//
+// Scores become int64 keys: order-preserving fp32 bits in the high half, 2^32-1-j in
+// the low half, so one integer comparison orders by value and, among equal values,
+// puts the lower index first (the layout the Triton backend and the host merge use).
+//
+// A block owns BM queries (32, or 16 when KP = 256) and one slice of the keys. Key
+// tiles of BN rows stream through shared memory; the 4 warps compute the BM x BN
+// similarity tile with WMMA, then each warp takes its rows in turn:
+//   filter  every lane tests its columns against the row's threshold (the KP-th best
+//           key so far); survivors are appended to the row's candidate buffer with a
+//           warp ballot (compaction without atomics);
+//   merge   when the buffer could overflow (and at the end), the warp bitonic-sorts the
+//           row's KP kept keys together with the KP-slot buffer (2*KP keys) in shared
+//           memory, keeps the best KP and raises the threshold.
+// Expected insertions per row are about KP * ln(N / KP), so the filter, not the sort,
+// is the hot path (FAISS's WarpSelect idea, here with a shared-memory bitonic merge).
+// Per-slice best keys go to out[S][Q][KP]; the host merges slices with torch.topk.
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <string>
+
+#include "common/dtype.h"
+#include "cuda/kernels.h"
+#include "cuda/launch_check.cuh"
+#include "cuda/wmma_tiles.cuh"
+
+namespace llp::cuda {
+
+namespace {
+
+using namespace tiles;
+
+constexpr int64_t kSentinel = static_cast<int64_t>(0x807FFFFF00000000ULL);  // pack(-inf, 2^32-1)
+
+template <int KP> constexpr int topk_rows() { return KP >= 256 ? 16 : 32; }
+
+__device__ inline int64_t pack(float value, int64_t column) {
+  const int32_t bits = __float_as_int(value);
+  const uint32_t ordered = static_cast<uint32_t>(bits >= 0 ? bits : bits ^ 0x7FFFFFFF);
+  return static_cast<int64_t>((static_cast<uint64_t>(ordered) << 32) |
+                              static_cast<uint32_t>(0xFFFFFFFFLL - column));
+}
+
+// Sorts keys[0, P) descending with one warp (P a power of two, >= 64).
+template <int P>
+__device__ void warp_bitonic_sort_desc(int64_t* keys, int lane) {
+  for (int size = 2; size <= P; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = lane; i < P / 2; i += 32) {
+        const int lo = (i / stride) * 2 * stride + (i % stride);
+        const int hi = lo + stride;
+        const int64_t a = keys[lo], b = keys[hi];
+        const bool descending = (lo & size) == 0;
+        if (descending ? a < b : a > b) {
+          keys[lo] = b;
+          keys[hi] = a;
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+// Row state in shared memory: kept[0, KP) sorted descending, then the candidate buffer
+// kept[KP, 2 KP); `count` candidates are in the buffer.
+template <int KP>
+__device__ void merge_row(int64_t* kept, int* count, int64_t* threshold, int lane) {
+  for (int i = KP + *count + lane; i < 2 * KP; i += 32) kept[i] = kSentinel;
+  __syncwarp();
+  warp_bitonic_sort_desc<2 * KP>(kept, lane);
+  if (lane == 0) {
+    *count = 0;
+    *threshold = kept[KP - 1];
+  }
+  __syncwarp();
+}
+
+template <typename T, int KP>
+__global__ void __launch_bounds__(kThreads)
+topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __restrict__ bias,
+            int64_t* __restrict__ out, int64_t Q, int64_t N, int D, int Dp, int64_t n_per_split,
+            float inv_tau, bool split) {
+#ifdef LLP_TENSOR_CORES
+  constexpr int BM = topk_rows<KP>();
+  constexpr int BN = bank_tile_rows<T>();
+  constexpr int lds = BN + kPad;
+  constexpr int kColFrags = BN / 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int ld = Dp + kPad;
+  int64_t* kept = reinterpret_cast<int64_t*>(smem);          // [BM][2 KP]
+  int64_t* threshold = kept + BM * 2 * KP;                     // [BM]
+  T* Qs = reinterpret_cast<T*>(threshold + BM);
+  T* Ks = Qs + BM * ld;
+  float* Ss = reinterpret_cast<float*>(Ks + BN * ld);          // [BM][lds]
+  float* bias_s = Ss + BM * lds;                               // [BN]
+  int* count = reinterpret_cast<int*>(bias_s + BN);            // [BM]
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int64_t lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
+  const int64_t hi = lo + n_per_split < N ? lo + n_per_split : N;
+  load_tile(Qs, ld, q, row0, BM, Q, D, Dp);
+  for (int i = threadIdx.x; i < BM * 2 * KP; i += kThreads) kept[i] = kSentinel;
+  for (int i = threadIdx.x; i < BM; i += kThreads) {
+    threshold[i] = kSentinel;
+    count[i] = 0;
+  }
+
+  for (int64_t t0 = lo; t0 < hi; t0 += BN) {
+    __syncthreads();  // previous tile's Ks / Ss / bias_s are no longer read
+    load_tile(Ks, ld, keys, t0, BN, hi, D, Dp);
+    for (int i = threadIdx.x; i < BN; i += kThreads)
+      bias_s[i] = (bias != nullptr && t0 + i < hi) ? bias[t0 + i] : 0.0f;
+    __syncthreads();
+
+    for (int f = warp; f < (BM / 16) * kColFrags; f += kWarps) {
+      const int rb = f / kColFrags, cb = f % kColFrags;
+      FragC<T> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      mma_accumulate<T, wmma::col_major>(acc, Qs + rb * 16 * ld, ld, Ks + cb * 16 * ld, ld, Dp, split);
+      wmma::store_matrix_sync(Ss + rb * 16 * lds + cb * 16, acc, lds, wmma::mem_row_major);
+    }
+    __syncthreads();
+
+    for (int r = warp; r < BM; r += kWarps) {
+      int64_t* row_kept = kept + r * 2 * KP;
+      for (int j = 0; j < BN / 32; ++j) {
+        // The buffer takes at most 32 more keys per round: merge first if they might not fit.
+        if (count[r] > KP - 32) merge_row<KP>(row_kept, &count[r], &threshold[r], lane);
+        const int c = lane + 32 * j;
+        const int64_t column = t0 + c;
+        const int64_t key = column < hi ? pack(Ss[r * lds + c] * inv_tau - bias_s[c], column) : kSentinel;
+        const bool keep = key > threshold[r];
+        const unsigned ballot = __ballot_sync(kFull, keep);
+        if (keep) row_kept[KP + count[r] + __popc(ballot & ((1u << lane) - 1u))] = key;
+        __syncwarp();
+        if (lane == 0) count[r] += __popc(ballot);
+        __syncwarp();
+      }
+    }
+  }
+
+  __syncthreads();
+  for (int r = warp; r < BM; r += kWarps) {
+    if (count[r] > 0) merge_row<KP>(kept + r * 2 * KP, &count[r], &threshold[r], lane);
+    const int64_t row = row0 + r;
+    if (row < Q) {
+      int64_t* dst = out + (static_cast<int64_t>(blockIdx.y) * Q + row) * KP;
+      for (int i = lane; i < KP; i += 32) dst[i] = kept[r * 2 * KP + i];
+    }
+  }
+#endif
+}
+
+template <typename T, int KP> size_t topk_smem(int Dp) {
+  constexpr int BM = topk_rows<KP>();
+  constexpr int BN = bank_tile_rows<T>();
+  return BM * (2 * KP + 1) * sizeof(int64_t) + (BM + BN) * static_cast<size_t>(Dp + kPad) * sizeof(T) +
+         BM * static_cast<size_t>(BN + kPad) * sizeof(float) + BN * sizeof(float) + BM * sizeof(int);
+}
+
+template <typename T, int KP>
+std::string launch(const void* q, const void* keys, const float* bias, int64_t* out, int64_t Q, int64_t N,
+                   int64_t D, int64_t splits, int64_t n_per_split, float inv_tau, bool split, int device,
+                   cudaStream_t stream) {
+  static std::atomic<bool> first{true};
+  const int Dp = dim_padded(D);
+  const size_t smem = topk_smem<T, KP>(Dp);
+  if (const cudaError_t err = cudaSetDevice(device); err != cudaSuccess)
+    return std::string("topk_kernel: cudaSetDevice: ") + cudaGetErrorString(err);
+  int major = 0, optin = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (major < 8) return "topk_kernel: needs compute capability 8.0+ (bf16/TF32 tensor cores); use backend='triton'";
+  if (smem > static_cast<size_t>(optin))
+    return "topk_kernel: needs " + std::to_string(smem) + " bytes of shared memory, the device allows " +
+           std::to_string(optin);
+  if (const cudaError_t err = cudaFuncSetAttribute(topk_kernel<T, KP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(smem));
+      err != cudaSuccess)
+    return std::string("topk_kernel: cudaFuncSetAttribute: ") + cudaGetErrorString(err);
+  constexpr int BM = topk_rows<KP>();
+  const dim3 grid(static_cast<unsigned>((Q + BM - 1) / BM), static_cast<unsigned>(splits));
+  topk_kernel<T, KP><<<grid, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(keys), bias,
+                                                       out, Q, N, static_cast<int>(D), Dp, n_per_split, inv_tau, split);
+  return check_launch("topk_kernel", stream, first);
+}
+
+template <typename T>
+std::string by_kp(const void* q, const void* keys, const float* bias, int64_t* out, int64_t Q, int64_t N,
+                  int64_t D, int kp, int64_t splits, int64_t n_per_split, float inv_tau, bool split, int device,
+                  cudaStream_t s) {
+  switch (kp) {
+    case 32: return launch<T, 32>(q, keys, bias, out, Q, N, D, splits, n_per_split, inv_tau, split, device, s);
+    case 64: return launch<T, 64>(q, keys, bias, out, Q, N, D, splits, n_per_split, inv_tau, split, device, s);
+    case 128: return launch<T, 128>(q, keys, bias, out, Q, N, D, splits, n_per_split, inv_tau, split, device, s);
+    case 256: return launch<T, 256>(q, keys, bias, out, Q, N, D, splits, n_per_split, inv_tau, split, device, s);
+  }
+  return "topk: kept-list size must be 32, 64, 128 or 256, got " + std::to_string(kp);
+}
+
+}  // namespace
+
+TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device) {
+  TopkPlan plan;
+  const int64_t rows = kp >= 256 ? 16 : 32;
+  const int64_t bn = key_dtype == kFloat32 ? 32 : 64;
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    cudaGetLastError();
+    sms = 1;
+  }
+  const int64_t row_blocks = (Q + rows - 1) / rows;
+  const int64_t tiles = (N + bn - 1) / bn;
+  // Each slice should hold well over KP keys, or the per-slice lists are mostly sentinels.
+  const int64_t min_tiles = (4 * kp + bn - 1) / bn;
+  int64_t wanted = (4 * sms + row_blocks - 1) / row_blocks;
+  const int64_t most = tiles / min_tiles > 1 ? tiles / min_tiles : 1;
+  wanted = wanted < 1 ? 1 : (wanted > most ? most : wanted);
+  plan.n_per_split = (tiles + wanted - 1) / wanted * bn;
+  plan.splits = (N + plan.n_per_split - 1) / plan.n_per_split;
+  return plan;
+}
+
+std::string topk(const void* q, const void* keys, int key_dtype, const float* bias, int64_t* out, int64_t Q,
+                 int64_t N, int64_t D, int kp, int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
+                 int device, void* stream) {
+  if (D > kMaxDim) return "topk: supports D <= 256, got " + std::to_string(D);
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (key_dtype) {
+    case kFloat32: return by_kp<float>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau, exact_fp32, device, s);
+    case kBFloat16: return by_kp<__nv_bfloat16>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau, false, device, s);
+    case kFloat16: return by_kp<__half>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau, false, device, s);
+  }
+  return "topk: unsupported keys dtype code " + std::to_string(key_dtype);
+}
+
+}  // namespace llp::cuda
