@@ -1,8 +1,10 @@
 """Choosing a backend for one call.
 
 ``backend="auto"`` (the default of every public function) becomes the value of the
-environment variable ``LLP_BACKEND`` when that is set, else the first backend in
-``AUTO_ORDER[device type]`` that implements the op and can run on the tensors' device.
+environment variable ``LLP_BACKEND`` when that is set; else, on a GPU model listed in the
+measured table (``_auto_table``), the backend measured fastest for the op there; else
+the first backend in ``AUTO_ORDER[device type]`` that implements the op and can run on
+the tensors' device.
 An explicitly named backend is used as named, or refused with the reason.
 """
 from __future__ import annotations
@@ -14,15 +16,15 @@ from typing import Dict, List
 import torch
 
 from . import cpu_backend, cuda_backend, reference
+from ._auto_table import gpu_name, measured_choice
 from . import triton as triton_backend
 from ._extension import cuda_compiled, cuda_device_status, extension_error
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 OPS = ("aggregation_lse", "aggregation_grad", "topk_similarity", "update_memory_bank_")
 
-# Fastest first, per device type. On CUDA, Triton leads: the CUDA kernels have not yet
-# been timed on a GPU, and this order changes only with a measured table (GPU, date)
-# committed under bench/results/.
+# Fastest first, per device type, for devices without a measured entry. On CUDA Triton
+# leads: the CUDA kernels have not yet been timed on a GPU.
 AUTO_ORDER = {
     "cpu": ("cpu", "reference"),
     "cuda": ("triton", "cuda", "reference"),
@@ -93,6 +95,10 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     if requested != "auto" and requested not in BACKENDS:
         raise ValueError(f"{source} must be one of {('auto',) + BACKENDS}, got {requested!r}")
     if requested == "auto":
+        if device.type == "cuda":
+            measured = measured_choice(op, gpu_name(device.index or 0))
+            if measured in BACKENDS and not _unusable_reason(measured, op, device):
+                return measured
         for name in AUTO_ORDER.get(device.type, ("reference",)):
             if not _unusable_reason(name, op, device):
                 return name

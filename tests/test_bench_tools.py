@@ -60,3 +60,39 @@ def test_report_tables(tmp_path):
     assert "| cpu | Q1-N1 | float32 | 10.00 ms | 4.00x | 1.0 MiB | 200.0 | 0.1 | 100.0% |" in text
     assert "| faiss (peer) |" in text and "| llp | Q1-N1 | 11.00 ms | +10.0% |" in text
     assert (tmp_path / "r.md").read_text() == text
+
+
+def test_auto_table_records_the_faster_backend_per_op(tmp_path):
+    from bench import auto_table
+
+    def entry(op, impl, median, size="s"):
+        return {"stats": {"median": median}, "extra_info": {
+            "op": op, "impl": impl, "size": size, "dtype": "float32",
+            "device_peaks": {"name": "NVIDIA Test GPU"}}}
+    data = {"datetime": "2026-11-24T00:00:00", "benchmarks": [
+        entry("aggregation forward", "triton", 2.0), entry("aggregation forward", "cuda", 1.0),
+        entry("topk_similarity", "triton", 1.0), entry("topk_similarity", "cuda", 3.0),
+        entry("local_density", "triton", 1.0), entry("local_density", "cuda", 1.5),
+        entry("update_memory_bank_", "cuda", 1.0)]}  # triton missing: no verdict
+    results, table = tmp_path / "r.json", tmp_path / "table.json"
+    results.write_text(json.dumps(data))
+    got = auto_table.main([str(results), "--table", str(table)])
+    assert got["gpu"] == "NVIDIA Test GPU" and got["date"] == "2026-11-24"
+    assert got["fastest"] == {"aggregation_lse": "cuda", "topk_similarity": "triton"}
+    assert json.loads(table.read_text())["entries"] == [got]
+
+
+def test_dispatch_reads_the_measured_table(monkeypatch):
+    from llp_kernels import _auto_table
+    monkeypatch.setattr(_auto_table, "_entries", lambda: (
+        {"gpu": "NVIDIA Test GPU", "fastest": {"aggregation_lse": "cuda"}},))
+    assert _auto_table.measured_choice("aggregation_lse", "NVIDIA Test GPU") == "cuda"
+    assert _auto_table.measured_choice("topk_similarity", "NVIDIA Test GPU") is None
+    assert _auto_table.measured_choice("aggregation_lse", "Other GPU") is None
+
+
+def test_shipped_table_is_valid_json():
+    from llp_kernels._auto_table import TABLE_PATH
+    data = json.loads(TABLE_PATH.read_text())
+    for entry in data["entries"]:  # empty until a GPU run records one
+        assert {"gpu", "date", "source", "fastest"} <= set(entry)
