@@ -298,17 +298,9 @@ AggregationPlan aggregation_plan(int64_t B, int64_t N, int64_t D, int bank_dtype
   AggregationPlan plan;
   const int64_t rows = backward_pass ? kBackwardRows : kForwardRows;
   const int64_t bn = bank_dtype == kFloat32 ? 32 : 64;
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 1;
-  }
-  const int64_t row_blocks = (B + rows - 1) / rows;
-  const int64_t tiles = (N + bn - 1) / bn;
-  int64_t wanted = (4 * sms + row_blocks - 1) / row_blocks;
-  wanted = wanted < 1 ? 1 : (wanted > tiles ? tiles : wanted);
-  plan.n_per_split = (tiles + wanted - 1) / wanted * bn;
-  plan.splits = (N + plan.n_per_split - 1) / plan.n_per_split;
+  const Slices slices = slice_rows((B + rows - 1) / rows, N, bn, 1, device);
+  plan.splits = slices.count;
+  plan.n_per_split = slices.rows;
   plan.rows_padded = (B + kBackwardRows - 1) / kBackwardRows * kBackwardRows;
   plan.dim_padded = dim_padded(D);
   return plan;

@@ -208,20 +208,10 @@ TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device) {
   TopkPlan plan;
   const int64_t rows = kp >= 256 ? 16 : 32;
   const int64_t bn = key_dtype == kFloat32 ? 32 : 64;
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
-    cudaGetLastError();
-    sms = 1;
-  }
-  const int64_t row_blocks = (Q + rows - 1) / rows;
-  const int64_t tiles = (N + bn - 1) / bn;
-  // Each slice should hold well over KP keys, or the per-slice lists are mostly sentinels.
-  const int64_t min_tiles = (4 * kp + bn - 1) / bn;
-  int64_t wanted = (4 * sms + row_blocks - 1) / row_blocks;
-  const int64_t most = tiles / min_tiles > 1 ? tiles / min_tiles : 1;
-  wanted = wanted < 1 ? 1 : (wanted > most ? most : wanted);
-  plan.n_per_split = (tiles + wanted - 1) / wanted * bn;
-  plan.splits = (N + plan.n_per_split - 1) / plan.n_per_split;
+  // Each slice should hold well over KP keys, or its kept list is mostly sentinels.
+  const Slices slices = slice_rows((Q + rows - 1) / rows, N, bn, (4 * kp + bn - 1) / bn, device);
+  plan.splits = slices.count;
+  plan.n_per_split = slices.rows;
   return plan;
 }
 
