@@ -64,3 +64,16 @@ def density_count_correlation(state) -> float:
         return float("nan")
     r = ((d - d.mean()) * (n - n.mean())).mean() / (d.std(unbiased=False) * n.std(unbiased=False))
     return r.item() if math.isfinite(r.item()) else float("nan")
+
+
+@torch.no_grad()
+def labeled_only_knn_top1(split) -> float:
+    """Test top-1 of a 1-nearest-neighbour classifier on the raw inputs of the labeled
+    training rows only: the floor any semi-supervised method should clear. NaN for data
+    not held in memory (image folders)."""
+    if not hasattr(split.train, "x"):
+        return float("nan")
+    train = split.train.x[split.labeled].flatten(1).float()
+    test = split.test.x.flatten(1).float()
+    nearest = torch.cdist(test, train).argmin(dim=1)
+    return (split.train_y[split.labeled][nearest] == split.test_y).float().mean().item()

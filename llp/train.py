@@ -22,7 +22,7 @@ from .algorithm import LLPConfig, LLPState
 from .checkpoint import CHECKPOINT, FORMAT, load_checkpoint, rng_state, save_atomically, set_rng_state
 from .data import load_digits_split, load_feature_split
 from .metrics import (accuracy_metrics, aggregation_metric, density_count_correlation,
-                      pseudo_label_metrics, run_model)
+                      labeled_only_knn_top1, pseudo_label_metrics, run_model)
 from .model import build_model, parameter_groups
 from .schedule import LRSchedule, parse_boundaries
 
@@ -243,7 +243,7 @@ def main(argv=None) -> dict:
                   f"{record['pseudo_acc']:.4f}", file=sys.stderr)
 
     if record and not args.quiet:
-        print_summary(record, args, state, metrics_path, run_dir)
+        print_summary(record, args, state, split, metrics_path, run_dir)
     return record
 
 
@@ -298,7 +298,7 @@ def trim_metrics(path: Path, keep_epochs: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def print_summary(record, args, state, metrics_path, run_dir) -> None:
+def print_summary(record, args, state, split, metrics_path, run_dir) -> None:
     name = "LLP" if args.method == "llp" else "supervised (labeled only)"
     print(f"\n| result ({name}, {int(state.labeled.sum())} labeled of {len(state.labels)}) | value |")
     print("|---|---|")
@@ -306,6 +306,9 @@ def print_summary(record, args, state, metrics_path, run_dir) -> None:
     print(f"| test top-5 | {record['test_top5']:.4f} |")
     if args.method == "llp":
         print(f"| pseudo-label accuracy on unlabeled | {record['pseudo_acc']:.4f} |")
+    knn = labeled_only_knn_top1(split)
+    if knn == knn:
+        print(f"| for comparison: 1-NN on raw inputs, labeled rows only | {knn:.4f} |")
     print(f"| metrics (plots: python -m llp.report {run_dir}) | {metrics_path} |")
     print(f"| checkpoint | {run_dir / CHECKPOINT} |")
 

@@ -200,3 +200,9 @@ def test_report_draws_pngs(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "llp.report", str(tmp_path)], env=env,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "no metrics.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_labeled_only_knn_comparator():
+    from llp.metrics import labeled_only_knn_top1
+    assert 0.9 < labeled_only_knn_top1(load_digits_split(0.1, 0)) <= 1.0
+    assert labeled_only_knn_top1(load_digits_split(0.02, 0)) < labeled_only_knn_top1(load_digits_split(0.5, 0))
