@@ -114,9 +114,23 @@ __device__ inline float warp_sum(float v) {
 }
 
 // rows [row0, row0 + rows) of a [n_valid, D] matrix into shared memory [rows][ld],
-// zero beyond n_valid and beyond D (up to Dp).
+// zero beyond n_valid and beyond D (up to Dp). 16-byte vector loads when every row
+// starts 16-byte aligned (D a multiple of 16 / sizeof(T) and an aligned base pointer;
+// shared rows are, since ld is a multiple of 8 elements), element loads otherwise.
 template <typename T>
 __device__ void load_tile(T* dst, int ld, const T* src, int64_t row0, int rows, int64_t n_valid, int D, int Dp) {
+  constexpr int V = 16 / sizeof(T);
+  if (D % V == 0 && (reinterpret_cast<uintptr_t>(src) & 15u) == 0) {
+    const int chunks = Dp / V;  // Dp is a multiple of 16, hence of V
+    for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+      const int r = i / chunks, c = (i - r * chunks) * V;
+      const int64_t g = row0 + r;
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);  // all-zero bits: +0.0 in every dtype
+      if (g < n_valid && c < D) v = *reinterpret_cast<const uint4*>(src + g * D + c);
+      *reinterpret_cast<uint4*>(dst + r * ld + c) = v;
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < rows * Dp; i += blockDim.x) {
     const int r = i / Dp, c = i - r * Dp;
     const int64_t g = row0 + r;
