@@ -164,7 +164,6 @@ def main(argv=None) -> dict:
     run_dir = Path(args.run_dir or f"runs/{args.method}-seed{args.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dict(vars(args))
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -190,17 +189,22 @@ def main(argv=None) -> dict:
                      split.labeled.to(device), split.num_classes, llp_cfg)
     start_epoch = 0
     if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["model"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        schedule.load_state_dict(resume_ckpt["schedule"])
-        state.load_state_dict({k: (v.to(device) if torch.is_tensor(v) else v)
-                               for k, v in resume_ckpt["llp"].items()})
-        set_rng_state(resume_ckpt["rng"], batches)
+        try:
+            model.load_state_dict(resume_ckpt["model"])
+            optimizer.load_state_dict(resume_ckpt["optimizer"])
+            schedule.load_state_dict(resume_ckpt["schedule"])
+            state.load_state_dict({k: (v.to(device) if torch.is_tensor(v) else v)
+                                   for k, v in resume_ckpt["llp"].items()})
+            set_rng_state(resume_ckpt["rng"], batches)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise SystemExit(f"error: --resume {args.resume}: {CHECKPOINT} does not fit this run "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})")
         start_epoch = resume_ckpt["epoch"] + 1
     elif args.method == "llp" and warmup == 0:
         state.update_density()
         state.propagate()  # no unlabeled example trains on a meaningless label
 
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     pool = state.labeled_idx if args.method == "supervised" else torch.arange(len(train_y), device=device)
     metrics_path = run_dir / "metrics.jsonl"
     trim_metrics(metrics_path, start_epoch if resume_ckpt is not None else 0)

@@ -206,3 +206,15 @@ def test_labeled_only_knn_comparator():
     from llp.metrics import labeled_only_knn_top1
     assert 0.9 < labeled_only_knn_top1(load_digits_split(0.1, 0)) <= 1.0
     assert labeled_only_knn_top1(load_digits_split(0.02, 0)) < labeled_only_knn_top1(load_digits_split(0.5, 0))
+
+
+def test_incompatible_checkpoint_is_a_clear_error_and_touches_nothing(tmp_path):
+    _, run_dir = run(tmp_path, "r", "--epochs", "1")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt["config"]["labeled_fraction"] = 0.3  # a different labeled split than the saved state
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    result = cli("--resume", str(run_dir), cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "checkpoint.pt does not fit this run" in result.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
