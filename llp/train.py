@@ -251,16 +251,22 @@ def main(argv=None) -> dict:
     return record
 
 
+PROGRESS_EVERY = 20  # steps between progress-bar updates (each one waits for the device)
+
+
 def train_epoch(model, optimizer, state, split, train_y, pool, batches, device, args, phase, desc) -> dict:
-    """One pass over ``pool`` in a random order; returns summed loss parts."""
+    """One pass over ``pool`` in a random order; returns summed loss parts. Loss sums stay
+    on the device (fp64) so that a step never waits for the GPU, except for the progress
+    bar every PROGRESS_EVERY steps."""
     from tqdm import tqdm
 
     model.train()
     order = pool[torch.randperm(len(pool), generator=batches).to(device)]
-    sums = {"loss": 0.0, "ce": 0.0, "agg": 0.0}
-    bar = tqdm(range(0, len(order), args.batch_size), desc=desc, leave=False,
-               disable=args.quiet, file=sys.stderr)
-    for start in bar:
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, agg
+    zero = torch.zeros((), device=device)
+    steps = range(0, len(order), args.batch_size)
+    bar = tqdm(steps, desc=desc, leave=False, disable=args.quiet, file=sys.stderr)
+    for step, start in enumerate(bar):
         idx = order[start:start + args.batch_size]
         x = split.train.batch(idx, batches).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
@@ -268,10 +274,10 @@ def train_epoch(model, optimizer, state, split, train_y, pool, batches, device, 
         embedding = embedding.float()
         if phase == "warmup":
             loss = state.instance_loss(idx, embedding)
-            ce, agg = torch.zeros(()), loss.detach()
+            ce, agg = zero, loss.detach()
         elif phase == "supervised":
             ce = torch.nn.functional.cross_entropy(logits.float(), state.labels[idx])
-            loss, agg = ce, torch.zeros(())
+            loss, agg = ce, zero
         else:
             loss, ce, agg = state.loss(idx, embedding, logits)
         optimizer.zero_grad(set_to_none=True)
@@ -284,13 +290,13 @@ def train_epoch(model, optimizer, state, split, train_y, pool, batches, device, 
                 state.set_labels_from_classifier(idx, logits)
             else:
                 state.propagate(idx)
-        for key, value in (("loss", loss), ("ce", ce), ("agg", agg)):
-            sums[key] += float(value.detach()) * len(idx)
-        postfix = {"loss": f"{float(loss.detach()):.3f}"}
-        if phase == "llp":
-            postfix["pseudo_acc"] = f"{pseudo_label_metrics(state, train_y)['pseudo_acc']:.3f}"
-        bar.set_postfix(postfix)
-    return sums
+        sums += torch.stack([loss.detach(), ce.detach(), agg.detach()]).double() * len(idx)
+        if not args.quiet and (step % PROGRESS_EVERY == 0 or step == len(steps) - 1):
+            postfix = {"loss": f"{float(loss.detach()):.3f}"}
+            if phase == "llp":
+                postfix["pseudo_acc"] = f"{pseudo_label_metrics(state, train_y)['pseudo_acc']:.3f}"
+            bar.set_postfix(postfix)
+    return dict(zip(("loss", "ce", "agg"), sums.tolist()))
 
 
 def trim_metrics(path: Path, keep_epochs: int) -> None:
