@@ -91,7 +91,17 @@ def test_dimension_limit_is_a_clear_error():
         lk.aggregation_loss(q, bank, labels, labels[:4], backend="cuda")
 
 
-@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer is not on PATH")
+def find_compute_sanitizer():
+    found = shutil.which("compute-sanitizer")
+    for root in filter(None, [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]):
+        candidate = Path(root) / "bin" / "compute-sanitizer"
+        if found is None and candidate.is_file():
+            found = str(candidate)
+    return found
+
+
+@pytest.mark.skipif(find_compute_sanitizer() is None,
+                    reason="compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
 def test_compute_sanitizer_clean():
     script = (
         "import torch, llp_kernels as lk\n"
@@ -107,7 +117,7 @@ def test_compute_sanitizer_clean():
         "torch.cuda.synchronize()\n")
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    result = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "9",
+    result = subprocess.run([find_compute_sanitizer(), "--tool", "memcheck", "--error-exitcode", "9",
                              sys.executable, "-c", script], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
