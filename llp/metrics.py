@@ -9,14 +9,13 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def run_model(model, source, device, batch: int = 256, output: int = 1) -> Tensor:
-    """Model outputs (0: embeddings, 1: logits) in fp32 for every row of a data source,
-    without augmentation, in eval mode."""
+def run_model(model, source, device, batch: int = 256, output: int = 1, rows=None) -> Tensor:
+    """Model outputs (0: embeddings, 1: logits) in fp32 for the rows ``rows`` (default:
+    all) of a data source, without augmentation, in eval mode."""
     model.eval()
-    outs = []
-    for start in range(0, len(source), batch):
-        idx = torch.arange(start, min(start + batch, len(source)))
-        outs.append(model(source.batch(idx).to(device))[output].float())
+    rows = torch.arange(len(source)) if rows is None else torch.as_tensor(rows)
+    outs = [model(source.batch(rows[i:i + batch]).to(device))[output].float()
+            for i in range(0, len(rows), batch)]
     return torch.cat(outs)
 
 

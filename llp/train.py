@@ -24,7 +24,9 @@ from .data import load_digits_split, load_feature_split
 from .metrics import (accuracy_metrics, aggregation_metric, density_count_correlation,
                       labeled_only_knn_top1, pseudo_label_metrics, run_model)
 from .model import build_model, parameter_groups
+from . import distributed
 from .schedule import LRSchedule, parse_boundaries
+from .sharded import ShardedLLPState
 
 BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -161,6 +163,13 @@ def main(argv=None) -> dict:
     warmup = args.warmup_epochs if args.method == "llp" else 0
     device = torch.device("cuda" if args.device == "cuda" or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    group = distributed.from_environment()  # torchrun: one process per GPU, bank sharded
+    if group is not None:
+        if device.type == "cuda":
+            device = torch.device("cuda", group.local_rank)
+            torch.cuda.set_device(device)
+        distributed.setup(group, device.type)
+    is_main = group is None or group.rank == 0
     run_dir = Path(args.run_dir or f"runs/{args.method}-seed{args.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dict(vars(args))
@@ -173,8 +182,12 @@ def main(argv=None) -> dict:
         split = load_split(args)
     except ValueError as exc:
         parser.error(str(exc))
-    model = build_model(split.kind, split.input_shape, split.num_classes).to(device)
-    optimizer = torch.optim.SGD(parameter_groups(model, args.weight_decay), lr=args.lr,
+    net = build_model(split.kind, split.input_shape, split.num_classes).to(device)
+    model = net if group is None else torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None,
+        # the warm-up leaves the classifier unused, supervised training the embedding head
+        find_unused_parameters=warmup > 0 or args.method == "supervised")
+    optimizer = torch.optim.SGD(parameter_groups(net, args.weight_decay), lr=args.lr,
                                 momentum=args.momentum)
     schedule = LRSchedule(args.lr, parse_boundaries(args.lr_drops, "--lr-drops", 3),
                           parse_boundaries(args.rate_jump, "--rate-jump", 3), args.rate_jump_lr,
@@ -184,13 +197,17 @@ def main(argv=None) -> dict:
                         density_weighting=not args.no_density_weighting,
                         use_confidence=not args.no_confidence, density_over=args.density_over,
                         backend=args.backend)
-    bank = run_model(model, split.train, device, output=0)  # the initial network's embeddings
-    state = LLPState(bank.to(BANK_DTYPES[args.bank_dtype]).contiguous(), train_y,
-                     split.labeled.to(device), split.num_classes, llp_cfg)
+    # The bank starts from the initial network's embeddings (each rank: its own shard).
+    rows = None if group is None else group.shard(len(train_y))
+    bank = run_model(net, split.train, device, output=0, rows=rows).to(BANK_DTYPES[args.bank_dtype]).contiguous()
+    if group is None:
+        state = LLPState(bank, train_y, split.labeled.to(device), split.num_classes, llp_cfg)
+    else:
+        state = ShardedLLPState(bank, train_y, split.labeled.to(device), split.num_classes, llp_cfg, group)
     start_epoch = 0
     if resume_ckpt is not None:
         try:
-            model.load_state_dict(resume_ckpt["model"])
+            net.load_state_dict(resume_ckpt["model"])
             optimizer.load_state_dict(resume_ckpt["optimizer"])
             schedule.load_state_dict(resume_ckpt["schedule"])
             state.load_state_dict({k: (v.to(device) if torch.is_tensor(v) else v)
@@ -204,10 +221,12 @@ def main(argv=None) -> dict:
         state.update_density()
         state.propagate()  # no unlabeled example trains on a meaningless label
 
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if is_main:
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     pool = state.labeled_idx if args.method == "supervised" else torch.arange(len(train_y), device=device)
     metrics_path = run_dir / "metrics.jsonl"
-    trim_metrics(metrics_path, start_epoch if resume_ckpt is not None else 0)
+    if is_main:
+        trim_metrics(metrics_path, start_epoch if resume_ckpt is not None else 0)
 
     record = {}
     started = time.time()
@@ -215,10 +234,11 @@ def main(argv=None) -> dict:
     for epoch in range(start_epoch, total):
         phase = "warmup" if epoch < warmup else args.method
         lr = args.lr if phase == "warmup" else schedule.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
         sums = train_epoch(model, optimizer, state, split, train_y, pool, batches, device, args, phase,
-                           desc=f"epoch {epoch + 1}/{total}" + (" (warm-up)" if phase == "warmup" else ""))
+                           desc=f"epoch {epoch + 1}/{total}" + (" (warm-up)" if phase == "warmup" else ""),
+                           group=group, augment=augment_generator(batches, args.seed, epoch, group))
         if args.method == "llp" and (phase != "warmup" or epoch + 1 == warmup):
             state.update_density()
             if epoch + 1 == warmup:
@@ -228,33 +248,47 @@ def main(argv=None) -> dict:
 
         record = {"epoch": epoch + 1, "phase": phase, "lr": lr,
                   **{f"train_{k}": v / len(pool) for k, v in sums.items()},
-                  **accuracy_metrics(run_model(model, split.test, device), test_y, split.num_classes),
+                  **accuracy_metrics(run_model(net, split.test, device), test_y, split.num_classes),
                   **pseudo_label_metrics(state, train_y, known=phase != "warmup" or epoch + 1 == warmup),
                   "aggregation": aggregation_metric(state.bank, train_y, split.num_classes),
                   "density_count_r": density_count_correlation(state),
                   "seconds": time.time() - started}
+        llp_state = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.state_dict().items()}
+        if not is_main:
+            continue
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         save_atomically({"format": FORMAT, "config": config, "epoch": epoch,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(),
-                         "llp": {k: (v.cpu() if torch.is_tensor(v) else v)
-                                 for k, v in state.state_dict().items()},
+                         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "llp": llp_state,
                          "rng": rng_state(batches)}, run_dir / CHECKPOINT)
         if not args.quiet:
             print(f"epoch {epoch + 1:3d}  {phase:10s} lr {lr:.2g}  loss {record['train_loss']:.3f}  "
                   f"test top-1 {record['test_top1']:.4f}  pseudo-label acc "
                   f"{record['pseudo_acc']:.4f}", file=sys.stderr)
 
-    if record and not args.quiet:
+    if record and not args.quiet and is_main:
         print_summary(record, args, state, split, metrics_path, run_dir)
+    if group is not None:
+        torch.distributed.barrier()  # rank 0 may still be writing; tear down together
+        torch.distributed.destroy_process_group()
     return record
+
+
+def augment_generator(batches: torch.Generator, seed: int, epoch: int, group) -> torch.Generator:
+    """Where augmentation randomness comes from. One process: the batch generator itself.
+    Several: a per-rank, per-epoch generator, so that the shared batch generator (which
+    draws the epoch's order) stays identical on every rank and a resumed run is exact."""
+    if group is None:
+        return batches
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + group.rank)
 
 
 PROGRESS_EVERY = 20  # steps between progress-bar updates (each one waits for the device)
 
 
-def train_epoch(model, optimizer, state, split, train_y, pool, batches, device, args, phase, desc) -> dict:
+def train_epoch(model, optimizer, state, split, train_y, pool, batches, device, args, phase, desc,
+                group=None, augment=None) -> dict:
     """One pass over ``pool`` in a random order; returns summed loss parts. Loss sums stay
     on the device (fp64) so that a step never waits for the GPU, except for the progress
     bar every PROGRESS_EVERY steps."""
@@ -264,11 +298,14 @@ def train_epoch(model, optimizer, state, split, train_y, pool, batches, device, 
     order = pool[torch.randperm(len(pool), generator=batches).to(device)]
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, agg
     zero = torch.zeros((), device=device)
-    steps = range(0, len(order), args.batch_size)
-    bar = tqdm(steps, desc=desc, leave=False, disable=args.quiet, file=sys.stderr)
+    world, rank = (1, 0) if group is None else (group.world, group.rank)
+    # Each step takes world * batch_size rows of the shared order; rank r trains on its part.
+    # A final step with fewer rows than processes is dropped (on every rank alike).
+    steps = [s for s in range(0, len(order), world * args.batch_size) if len(order) - s >= world]
+    bar = tqdm(steps, desc=desc, leave=False, disable=args.quiet or rank != 0, file=sys.stderr)
     for step, start in enumerate(bar):
-        idx = order[start:start + args.batch_size]
-        x = split.train.batch(idx, batches).to(device)
+        idx = order[start:start + world * args.batch_size].tensor_split(world)[rank]
+        x = split.train.batch(idx, augment if augment is not None else batches).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             embedding, logits = model(x)
         embedding = embedding.float()
@@ -291,11 +328,13 @@ def train_epoch(model, optimizer, state, split, train_y, pool, batches, device, 
             else:
                 state.propagate(idx)
         sums += torch.stack([loss.detach(), ce.detach(), agg.detach()]).double() * len(idx)
-        if not args.quiet and (step % PROGRESS_EVERY == 0 or step == len(steps) - 1):
+        if not args.quiet and rank == 0 and (step % PROGRESS_EVERY == 0 or step == len(steps) - 1):
             postfix = {"loss": f"{float(loss.detach()):.3f}"}
             if phase == "llp":
                 postfix["pseudo_acc"] = f"{pseudo_label_metrics(state, train_y)['pseudo_acc']:.3f}"
             bar.set_postfix(postfix)
+    if group is not None:
+        sums = distributed.all_sum(sums)
     return dict(zip(("loss", "ce", "agg"), sums.tolist()))
 
 

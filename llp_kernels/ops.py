@@ -128,7 +128,7 @@ def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
                                   num_classes)
         return labels.long(), confidence.float()
     scores, neighbours = module(backend).topk_similarity(queries, labeled, k, tau, log_density)
-    return _class_vote(scores.float(), labeled_labels[neighbours], num_classes)
+    return class_vote(scores.float(), labeled_labels[neighbours], num_classes)
 
 
 @_propagate_op.register_fake
@@ -137,8 +137,14 @@ def _(queries, labeled, labeled_labels, log_density, k, tau, num_classes, backen
     return (queries.new_empty(Q, dtype=torch.int64), queries.new_empty(Q, dtype=torch.float32))
 
 
-def _class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
-    """Votes ``exp(score - best)`` per class over the K neighbours; [Q, K] -> [Q], [Q]."""
+def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
+    """The vote step of ``propagate_labels`` (paper eq. 5), for callers that select the
+    neighbours themselves (e.g. over a bank sharded across processes).
+
+    scores [Q, K] fp32 sorted descending (the best first), neighbour_labels [Q, K] int64
+    in [0, num_classes). ``w_c = sum_{k: label = c} exp(score_k - score_0)``; returns
+    ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and ``max_c w_c / sum_c w_c`` [Q].
+    """
     weights = torch.exp(scores - scores[:, :1])
     votes = weights.new_zeros(scores.shape[0], num_classes)
     votes.scatter_add_(1, neighbour_labels, weights)
