@@ -94,11 +94,15 @@ class LLPState:
 
     def set_labels_from_classifier(self, idx: Tensor, logits: Tensor) -> None:
         """The authors' release: pseudo-labels from the classifier head (an ablation)."""
+        conf, label = torch.softmax(logits.detach().float(), dim=1).max(dim=1)
+        idx, label, conf = self._whole_batch(idx, label, conf)
         unlabeled = ~self.labeled[idx]
-        probs = torch.softmax(logits.detach().float(), dim=1)
-        conf, label = probs.max(dim=1)
         self.labels[idx[unlabeled]] = label[unlabeled]
         self.confidence[idx[unlabeled]] = conf[unlabeled]
+
+    def _whole_batch(self, *per_example: Tensor):
+        """Per-example tensors of the whole step's batch (one process: this batch)."""
+        return per_example
 
     # -- representation learning -------------------------------------------------------
     def loss(self, idx: Tensor, embedding: Tensor, logits: Tensor):
@@ -107,18 +111,22 @@ class LLPState:
         y = self.labels[idx]
         weight = self.confidence[idx] if cfg.use_confidence else torch.ones_like(self.confidence[idx])
         ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        agg = lk.aggregation_loss(embedding, self.bank, self.labels, y, tau=cfg.tau,
-                                  backend=cfg.backend)
+        agg = self._aggregation(embedding, y)
         total = (weight * (ce + agg)).mean()
         return total, ce.mean().detach(), agg.mean().detach()
 
     def instance_loss(self, idx: Tensor, embedding: Tensor) -> Tensor:
         """Instance-recognition warm-up (Wu et al. 2018): the aggregation loss with every
         example its own class, i.e. -log P(bank row idx_b | v_b); returns the batch mean."""
-        if self._instance_labels is None:
+        return self._aggregation(embedding, idx, instance=True).mean()
+
+    def _aggregation(self, embedding: Tensor, query_labels: Tensor, instance: bool = False) -> Tensor:
+        """Per-query L_A [B] against the whole bank; ``instance``: bank row j has label j."""
+        if instance and self._instance_labels is None:
             self._instance_labels = torch.arange(self.bank.shape[0], device=self.bank.device)
-        return lk.aggregation_loss(embedding, self.bank, self._instance_labels, idx,
-                                   tau=self.config.tau, backend=self.config.backend).mean()
+        bank_labels = self._instance_labels if instance else self.labels
+        return lk.aggregation_loss(embedding, self.bank, bank_labels, query_labels,
+                                   tau=self.config.tau, backend=self.config.backend)
 
     def update_bank(self, idx: Tensor, embedding: Tensor) -> None:
         lk.update_memory_bank_(self.bank, idx, embedding.detach(), momentum=self.config.momentum,

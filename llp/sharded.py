@@ -23,7 +23,7 @@ from torch import Tensor
 
 import llp_kernels as lk
 
-from .algorithm import LLPConfig
+from .algorithm import LLPConfig, LLPState
 from .distributed import Group, all_sum, gather_rows, row_counts
 
 
@@ -58,7 +58,10 @@ class _ShardedAggregation(torch.autograd.Function):
         return all_sum(dq.float())[start:start + n].to(ctx.dtype), None, None, None, None, None
 
 
-class ShardedLLPState:
+class ShardedLLPState(LLPState):
+    """``LLPState`` over a bank shard; it shares the loss and classifier-label steps and
+    replaces everything that touches the bank."""
+
     def __init__(self, bank_shard: Tensor, true_labels: Tensor, labeled: Tensor, num_classes: int,
                  config: LLPConfig, group: Group):
         n = labeled.shape[0]
@@ -157,28 +160,14 @@ class ShardedLLPState:
         self.labels[targets] = labels
         self.confidence[targets] = conf
 
-    def set_labels_from_classifier(self, idx: Tensor, logits: Tensor) -> None:
-        conf, label = torch.softmax(logits.detach().float(), dim=1).max(dim=1)
-        idx, label, conf = gather_rows(idx), gather_rows(label), gather_rows(conf)
-        unlabeled = ~self.labeled[idx]
-        self.labels[idx[unlabeled]] = label[unlabeled]
-        self.confidence[idx[unlabeled]] = conf[unlabeled]
+    def _whole_batch(self, *per_example: Tensor):
+        return tuple(gather_rows(t) for t in per_example)
 
-    # -- representation learning -------------------------------------------------------
-    def loss(self, idx: Tensor, embedding: Tensor, logits: Tensor):
-        cfg = self.config
-        y = self.labels[idx]
-        weight = self.confidence[idx] if cfg.use_confidence else torch.ones_like(self.confidence[idx])
-        ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        agg = _ShardedAggregation.apply(embedding, y, self.bank_shard, self.labels[self.lo:self.hi],
-                                        cfg.tau, cfg.backend)
-        total = (weight * (ce + agg)).mean()
-        return total, ce.mean().detach(), agg.mean().detach()
-
-    def instance_loss(self, idx: Tensor, embedding: Tensor) -> Tensor:
-        own = torch.arange(self.lo, self.hi, device=self.bank_shard.device)
-        return _ShardedAggregation.apply(embedding, idx, self.bank_shard, own, self.config.tau,
-                                         self.config.backend).mean()
+    def _aggregation(self, embedding: Tensor, query_labels: Tensor, instance: bool = False) -> Tensor:
+        shard_labels = (torch.arange(self.lo, self.hi, device=self.bank_shard.device) if instance
+                        else self.labels[self.lo:self.hi])
+        return _ShardedAggregation.apply(embedding, query_labels, self.bank_shard, shard_labels,
+                                         self.config.tau, self.config.backend)
 
     def update_bank(self, idx: Tensor, embedding: Tensor) -> None:
         all_idx = gather_rows(idx)
