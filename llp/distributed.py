@@ -38,12 +38,12 @@ def setup(group: Group, device_type: str) -> None:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
 
 
-def gather_rows(t: Tensor) -> Tensor:
-    """Concatenate every rank's ``t`` [n_r, ...] in rank order; n_r may differ."""
+def gather_rows(t: Tensor, counts: "List[int] | None" = None) -> Tensor:
+    """Concatenate every rank's ``t`` [n_r, ...] in rank order; n_r may differ (pass
+    ``counts`` from ``row_counts`` when they are known, to skip gathering them again)."""
     world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.int64, device=t.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device))
-    counts = [int(s.item()) for s in sizes]
+    if counts is None:
+        counts = row_counts(t.shape[0], t.device)
     most = max(counts)
     padded = t.new_zeros((most, *t.shape[1:]))
     padded[:t.shape[0]] = t

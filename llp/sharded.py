@@ -39,19 +39,20 @@ class _ShardedAggregation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, queries, query_labels, bank_shard, shard_labels, tau, backend):
         counts = row_counts(queries.shape[0], queries.device)
-        q_all = gather_rows(queries.detach())
-        y_all = gather_rows(query_labels)
+        q_all = gather_rows(queries.detach(), counts)
+        y_all = gather_rows(query_labels, counts)
         lse = torch.stack(lk.aggregation_lse(q_all, bank_shard, shard_labels, y_all, tau, backend=backend))
         lse_all, lse_same = torch.logsumexp(torch.stack(_gather_same(lse)), dim=0)
         start = sum(counts[:dist.get_rank()])
         ctx.save_for_backward(q_all, y_all, lse_all, lse_same, bank_shard, shard_labels)
-        ctx.rows, ctx.tau, ctx.backend, ctx.dtype = (start, queries.shape[0]), tau, backend, queries.dtype
+        ctx.rows, ctx.counts = (start, queries.shape[0]), counts
+        ctx.tau, ctx.backend, ctx.dtype = tau, backend, queries.dtype
         return (lse_all - lse_same)[start:start + queries.shape[0]]
 
     @staticmethod
     def backward(ctx, grad):
         q_all, y_all, lse_all, lse_same, bank_shard, shard_labels = ctx.saved_tensors
-        g_all = gather_rows(grad.contiguous().float())
+        g_all = gather_rows(grad.contiguous().float(), ctx.counts)
         dq = lk.aggregation_grad(q_all, bank_shard, shard_labels, y_all, lse_all, lse_same, ctx.tau,
                                  g_all, backend=ctx.backend)
         start, n = ctx.rows
@@ -161,7 +162,8 @@ class ShardedLLPState(LLPState):
         self.confidence[targets] = conf
 
     def _whole_batch(self, *per_example: Tensor):
-        return tuple(gather_rows(t) for t in per_example)
+        counts = row_counts(per_example[0].shape[0], per_example[0].device)
+        return tuple(gather_rows(t, counts) for t in per_example)
 
     def _aggregation(self, embedding: Tensor, query_labels: Tensor, instance: bool = False) -> Tensor:
         shard_labels = (torch.arange(self.lo, self.hi, device=self.bank_shard.device) if instance
@@ -170,8 +172,7 @@ class ShardedLLPState(LLPState):
                                          self.config.tau, self.config.backend)
 
     def update_bank(self, idx: Tensor, embedding: Tensor) -> None:
-        all_idx = gather_rows(idx)
-        all_emb = gather_rows(embedding.detach().float())
+        all_idx, all_emb = self._whole_batch(idx, embedding.detach().float())
         mine = (all_idx >= self.lo) & (all_idx < self.hi)
         if bool(mine.any()):
             lk.update_memory_bank_(self.bank_shard, all_idx[mine] - self.lo, all_emb[mine],
