@@ -90,11 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_config(args, parser) -> None:
     """One clear line per bad value (argparse's error: usage + message, exit 2)."""
-    for name, low in (("labeled_fraction", 0.0), ("test_fraction", 0.0)):
-        value = getattr(args, name)
-        if not low < value <= 1.0 or (name == "test_fraction" and value >= 1.0):
-            parser.error(f"--{name.replace('_', '-')} must lie in (0, 1{']' if name == 'labeled_fraction' else ')'}"
-                         f", got {value}")
+    if not 0.0 < args.labeled_fraction <= 1.0:
+        parser.error(f"--labeled-fraction must lie in (0, 1], got {args.labeled_fraction}")
+    if not 0.0 < args.test_fraction < 1.0:
+        parser.error(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
     for name in ("k", "t", "epochs", "batch_size", "image_size", "workers", "plateau_patience"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ._extension import dtype_code, extension, ptr
 from ._packed_topk import finish, kept_size
+from ._split_lse import backward_inputs, combine_partials
 
 IMPLEMENTED = frozenset({"update_memory_bank_", "aggregation_lse", "aggregation_grad",
                          "topk_similarity"})
@@ -51,9 +52,7 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
     C.cuda_aggregation_forward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
                                ptr(query_labels), ptr(parts), B, N, D, splits, n_per_split,
                                1.0 / tau, _exact_fp32(bank), device, _stream(bank))
-    m_all, s_all, m_same, s_same = parts
-    return (torch.logsumexp(m_all + torch.log(s_all), dim=0),
-            torch.logsumexp(m_same + torch.log(s_same), dim=0))
+    return combine_partials(parts)
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
@@ -66,10 +65,7 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     splits, n_per_split, rows_padded, dim_padded = C.cuda_aggregation_plan(
         B, N, D, dtype_code(bank, "bank"), True, device)
     q = queries.to(bank.dtype).contiguous()
-    usable = torch.isfinite(lse_same) & torch.isfinite(lse_all)
-    coef = torch.where(usable, grad_output.float() / tau, 0.0).contiguous()
-    lse_all = torch.where(usable, lse_all.float(), 0.0).contiguous()
-    lse_same = torch.where(usable, lse_same.float(), 0.0).contiguous()
+    coef, lse_all, lse_same = backward_inputs(lse_all, lse_same, grad_output, tau)
     parts = torch.empty(splits, rows_padded, dim_padded, dtype=torch.float32, device=bank.device)
     C.cuda_aggregation_backward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
                                 ptr(query_labels), ptr(lse_all), ptr(lse_same), ptr(coef), ptr(parts),

@@ -310,13 +310,11 @@ std::string aggregation_forward(const void* q, const void* bank, int bank_dtype,
                                 const int64_t* query_labels, float* parts, int64_t B, int64_t N, int64_t D,
                                 int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
                                 int device, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (bank_dtype) {
-    case kFloat32: return forward<float>(q, bank, bank_labels, query_labels, parts, B, N, D, splits, n_per_split, inv_tau, exact_fp32, device, s);
-    case kBFloat16: return forward<__nv_bfloat16>(q, bank, bank_labels, query_labels, parts, B, N, D, splits, n_per_split, inv_tau, false, device, s);
-    case kFloat16: return forward<__half>(q, bank, bank_labels, query_labels, parts, B, N, D, splits, n_per_split, inv_tau, false, device, s);
-  }
-  return "aggregation_forward: unsupported bank dtype code " + std::to_string(bank_dtype);
+  return with_dtype(bank_dtype, "aggregation_forward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return forward<T>(q, bank, bank_labels, query_labels, parts, B, N, D, splits, n_per_split, inv_tau,
+                      std::is_same_v<T, float> && exact_fp32, device, static_cast<cudaStream_t>(stream));
+  });
 }
 
 std::string aggregation_backward(const void* q, const void* bank, int bank_dtype, const int64_t* bank_labels,
@@ -324,13 +322,12 @@ std::string aggregation_backward(const void* q, const void* bank, int bank_dtype
                                  const float* coef, float* parts, int64_t B, int64_t N, int64_t D,
                                  int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
                                  int device, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (bank_dtype) {
-    case kFloat32: return backward<float>(q, bank, bank_labels, query_labels, lse_all, lse_same, coef, parts, B, N, D, splits, n_per_split, inv_tau, exact_fp32, device, s);
-    case kBFloat16: return backward<__nv_bfloat16>(q, bank, bank_labels, query_labels, lse_all, lse_same, coef, parts, B, N, D, splits, n_per_split, inv_tau, false, device, s);
-    case kFloat16: return backward<__half>(q, bank, bank_labels, query_labels, lse_all, lse_same, coef, parts, B, N, D, splits, n_per_split, inv_tau, false, device, s);
-  }
-  return "aggregation_backward: unsupported bank dtype code " + std::to_string(bank_dtype);
+  return with_dtype(bank_dtype, "aggregation_backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return backward<T>(q, bank, bank_labels, query_labels, lse_all, lse_same, coef, parts, B, N, D, splits,
+                       n_per_split, inv_tau, std::is_same_v<T, float> && exact_fp32, device,
+                       static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace llp::cuda

@@ -5,11 +5,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <string>
 
 #include "common/dtype.h"
 #include "cuda/device_types.cuh"
 #include "cuda/kernels.h"
+#include "cuda/launch_check.cuh"
 
 namespace llp::cuda {
 
@@ -44,23 +46,11 @@ __global__ void bank_update_kernel(BankT* __restrict__ bank, int64_t D,
 template <typename BankT, typename EmbT>
 std::string launch(void* bank, int64_t D, const int64_t* idx, const void* emb, int64_t B,
                    float momentum, cudaStream_t stream) {
+  static std::atomic<bool> first{true};
   const int64_t blocks = (B + kWarpsPerBlock - 1) / kWarpsPerBlock;
   bank_update_kernel<BankT, EmbT><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
       static_cast<BankT*>(bank), D, idx, static_cast<const EmbT*>(emb), B, momentum);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return std::string("bank_update_kernel: ") + cudaGetErrorString(err);
-  return {};
-}
-
-template <typename BankT>
-std::string dispatch_emb(void* bank, int64_t D, const int64_t* idx, const void* emb, int emb_dtype,
-                         int64_t B, float momentum, cudaStream_t stream) {
-  switch (emb_dtype) {
-    case kFloat32: return launch<BankT, float>(bank, D, idx, emb, B, momentum, stream);
-    case kBFloat16: return launch<BankT, __nv_bfloat16>(bank, D, idx, emb, B, momentum, stream);
-    case kFloat16: return launch<BankT, __half>(bank, D, idx, emb, B, momentum, stream);
-  }
-  return "bank_update: unsupported embeddings dtype code " + std::to_string(emb_dtype);
+  return check_launch("bank_update_kernel", stream, first);
 }
 
 }  // namespace
@@ -73,13 +63,12 @@ std::string bank_update(void* bank, int bank_dtype, int64_t N, int64_t D, const 
   // rather than relying on state set through torch's runtime.
   if (const cudaError_t err = cudaSetDevice(device); err != cudaSuccess)
     return std::string("bank_update: cudaSetDevice: ") + cudaGetErrorString(err);
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (bank_dtype) {
-    case kFloat32: return dispatch_emb<float>(bank, D, idx, emb, emb_dtype, B, momentum, s);
-    case kBFloat16: return dispatch_emb<__nv_bfloat16>(bank, D, idx, emb, emb_dtype, B, momentum, s);
-    case kFloat16: return dispatch_emb<__half>(bank, D, idx, emb, emb_dtype, B, momentum, s);
-  }
-  return "bank_update: unsupported bank dtype code " + std::to_string(bank_dtype);
+  return with_dtype(bank_dtype, "bank_update (bank)", [&](auto bank_tag) {
+    return with_dtype(emb_dtype, "bank_update (embeddings)", [&](auto emb_tag) {
+      return launch<typename decltype(bank_tag)::type, typename decltype(emb_tag)::type>(
+          bank, D, idx, emb, B, momentum, static_cast<cudaStream_t>(stream));
+    });
+  });
 }
 
 int device_count(std::string* why) {

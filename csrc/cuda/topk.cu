@@ -219,13 +219,11 @@ std::string topk(const void* q, const void* keys, int key_dtype, const float* bi
                  int64_t N, int64_t D, int kp, int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
                  int device, void* stream) {
   if (D > kMaxDim) return "topk: supports D <= 256, got " + std::to_string(D);
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (key_dtype) {
-    case kFloat32: return by_kp<float>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau, exact_fp32, device, s);
-    case kBFloat16: return by_kp<__nv_bfloat16>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau, false, device, s);
-    case kFloat16: return by_kp<__half>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau, false, device, s);
-  }
-  return "topk: unsupported keys dtype code " + std::to_string(key_dtype);
+  return with_dtype(key_dtype, "topk", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return by_kp<T>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau,
+                    std::is_same_v<T, float> && exact_fp32, device, static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace llp::cuda

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._split_lse import backward_inputs, combine_partials
 from ._launch import (blocks, input_precision, launch_options, load_rows, same_label,
                       similarity_tile, split_n, widen_16bit)
 
@@ -135,9 +136,7 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
         BLOCK_B=blk.rows, BLOCK_N=blk.n, BLOCK_D=blk.d,
         PRECISION=input_precision(bank.dtype), SHARED_RANGE=SHARED_SHIFT_RANGE,
         WIDEN=widen_16bit(bank), **launch_options(blk, bank.device))
-    m_all, s_all, m_same, s_same = parts
-    return (torch.logsumexp(m_all + torch.log(s_all), dim=0),
-            torch.logsumexp(m_same + torch.log(s_same), dim=0))
+    return combine_partials(parts)
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
@@ -147,10 +146,7 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     N = bank.shape[0]
     blk, grid, n_per_split = _grid(queries, bank)
     queries = queries.to(bank.dtype)
-    usable = torch.isfinite(lse_same) & torch.isfinite(lse_all)
-    scale = torch.where(usable, grad_output.float() / tau, 0.0).contiguous()
-    lse_all = torch.where(usable, lse_all.float(), 0.0).contiguous()
-    lse_same = torch.where(usable, lse_same.float(), 0.0).contiguous()
+    scale, lse_all, lse_same = backward_inputs(lse_all, lse_same, grad_output, tau)
     parts = torch.empty(grid[1], B, D, dtype=torch.float32, device=queries.device)
     _lse_backward_kernel[grid](
         queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, parts,

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._packed_topk import RESCORE_MARGIN, finish
+from .._packed_topk import finish, kept_size
 from ._launch import (blocks, input_precision, launch_options, load_rows, similarity_tile,
                       split_n, widen_16bit)
 
@@ -92,7 +92,7 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
     Q, D = queries.shape
     N = keys.shape[0]
     rescore = keys.dtype != torch.float32
-    kp = triton.next_power_of_2(min(N, k + RESCORE_MARGIN) if rescore else k)
+    kp = kept_size(k, N, keys.dtype)
     blk = blocks(Q, D, keys.dtype, keys.device)
     block_q = min(blk.rows, 16) if kp >= 256 else blk.rows
     block_n = max(blk.n, kp)
