@@ -6,6 +6,7 @@ CUDA, gloo for CPU). Collectives here accept a different number of rows per rank
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import List
@@ -33,9 +34,28 @@ def from_environment() -> "Group | None":
     return Group(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def setup(group: Group, device_type: str) -> None:
+def setup(group: Group, device_type: str, init_method: "str | None" = None) -> None:
+    """Join the process group (NCCL for CUDA, gloo for CPU); ``init_method`` defaults to
+    torchrun's environment variables."""
+    # The first call of an llp_kernels op imports torch._dynamo, and with it
+    # torch.distributed._shard. Imported while a default group exists, that keeps a
+    # reference to the group past destroy_process_group (seen with torch 2.13): its gloo
+    # worker threads then outlive teardown, and one still releasing a finished
+    # collective's tensors while the interpreter shuts down aborts the process
+    # ("terminate called without an active exception"). Importing it first avoids that.
+    import torch._dynamo  # noqa: F401
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method=init_method,
+                                rank=group.rank, world_size=group.world)
+
+
+def teardown() -> None:
+    """Leave the group together: nobody tears down while rank 0 may still be writing.
+    Call it once every object holding the group (a DDP wrapper, say) is gone, so that
+    the group's threads are stopped here rather than at interpreter exit."""
+    gc.collect()  # a DDP wrapper in a reference cycle still holds the group until collected
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def gather_rows(t: Tensor, counts: "List[int] | None" = None) -> Tensor:

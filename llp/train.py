@@ -159,7 +159,6 @@ def main(argv=None) -> dict:
     check_config(args, parser)
     if args.warmup_epochs is None:
         args.warmup_epochs = 10 if args.data else 0
-    warmup = args.warmup_epochs if args.method == "llp" else 0
     device = torch.device("cuda" if args.device == "cuda" or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu")
     group = distributed.from_environment()  # torchrun: one process per GPU, bank sharded
@@ -168,7 +167,19 @@ def main(argv=None) -> dict:
             device = torch.device("cuda", group.local_rank)
             torch.cuda.set_device(device)
         distributed.setup(group, device.type)
+    record = train(args, resume_ckpt, parser, device, group)
+    if group is not None:
+        # Every DDP wrapper and autograd graph holding the group died with train()'s frame,
+        # so the group (and its worker threads) is really released here.
+        distributed.teardown()
+    return record
+
+
+def train(args, resume_ckpt, parser, device: torch.device, group) -> dict:
+    """The whole run in this process (one rank of it under torchrun): returns the last
+    epoch's metrics record."""
     is_main = group is None or group.rank == 0
+    warmup = args.warmup_epochs if args.method == "llp" else 0
     run_dir = Path(args.run_dir or f"runs/{args.method}-seed{args.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dict(vars(args))
@@ -268,9 +279,6 @@ def main(argv=None) -> dict:
 
     if record and not args.quiet and is_main:
         print_summary(record, args, state, split, metrics_path, run_dir)
-    if group is not None:
-        torch.distributed.barrier()  # rank 0 may still be writing; tear down together
-        torch.distributed.destroy_process_group()
     return record
 
 

@@ -4,6 +4,7 @@ whole bank; then ``torchrun -m llp.train`` end to end, and its checkpoint resume
 single process."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llp.algorithm import LLPConfig, LLPState
-from llp.distributed import Group
+from llp.distributed import Group, setup, teardown
 from llp.sharded import ShardedLLPState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,66 +26,109 @@ def close(a, b, atol=1e-5):
     assert torch.allclose(a.double(), b.double(), atol=atol, rtol=0), (a - b).abs().max()
 
 
-def _worker(rank, world, init_file):
+def _group_threads() -> list:
+    """Names of this process's threads that belong to a gloo process group (Linux)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return [n for n in names if "gloo" in n]
+
+
+def _in_group(rank, world, init_file, body, *args):
+    """Run ``body(rank, world, group, *args)`` in a 2-process gloo group, leave it with
+    ``teardown`` and check that the group's threads are gone: a group still referenced
+    after teardown keeps worker threads that can abort the process at interpreter exit."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    group = Group(rank, world, 0)
+    setup(group, "cpu", init_method=f"file://{init_file}")
     try:
-        g = torch.Generator().manual_seed(0)  # the same data on every rank
-        bank = torch.nn.functional.normalize(torch.randn(N, D, generator=g), dim=1)
-        true = torch.randint(0, C, (N,), generator=g)
-        labeled = torch.rand(N, generator=g) < 0.3
-        labeled[:C] = True
-        true[:C] = torch.arange(C)
-        cfg = LLPConfig(k=4, t=6, backend="cpu")
-        group = Group(rank, world, 0)
-        rows = group.shard(N)
-        full = LLPState(bank.clone(), true, labeled, C, cfg)
-        sharded = ShardedLLPState(bank[rows.start:rows.stop].clone(), true, labeled, C, cfg, group)
-
-        full.update_density(), sharded.update_density()
-        close(sharded.log_density, full.log_density)
-        full.propagate(), sharded.propagate()
-        assert torch.equal(sharded.labels, full.labels)
-        close(sharded.confidence, full.confidence)
-
-        idx = torch.randperm(N, generator=g)[:BATCH]
-        emb = torch.nn.functional.normalize(torch.randn(BATCH, D, generator=g), dim=1)
-        logits = torch.randn(BATCH, C, generator=g)
-        mine = torch.arange(BATCH).tensor_split(world)[rank]
-        for loss_of in ("loss", "instance_loss"):
-            e_full = emb.clone().requires_grad_()
-            e_mine = emb[mine].clone().requires_grad_()
-            if loss_of == "loss":
-                want = full.loss(idx, e_full, logits)[0]
-                got = sharded.loss(idx[mine], e_mine, logits[mine])[0]
-            else:
-                want = full.instance_loss(idx, e_full)
-                got = sharded.instance_loss(idx[mine], e_mine)
-            want.backward()
-            (got * len(mine) / BATCH).backward()  # local means, weighted into the global mean
-            total = got.detach() * len(mine) / BATCH
-            dist.all_reduce(total)
-            close(total, want.detach())
-            close(e_mine.grad, e_full.grad[mine])
-
-        full.update_bank(idx, emb), sharded.update_bank(idx[mine], emb[mine])
-        close(sharded.bank, full.bank)
-        full.propagate(idx), sharded.propagate(idx[mine])
-        assert torch.equal(sharded.labels, full.labels)
-        full.set_labels_from_classifier(idx, logits), sharded.set_labels_from_classifier(idx[mine], logits[mine])
-        assert torch.equal(sharded.labels, full.labels)
-
-        state = sharded.state_dict()
-        again = ShardedLLPState(torch.zeros(len(rows), D), true, labeled, C, cfg, group)
-        again.load_state_dict(state)
-        assert torch.equal(again.bank_shard, sharded.bank_shard)
-        dist.barrier()
-    finally:
+        body(rank, world, group, *args)
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    teardown()
+    assert not _group_threads(), f"rank {rank}: the process group outlived teardown: {_group_threads()}"
+
+
+def _sharded_state_matches(rank, world, group):
+    g = torch.Generator().manual_seed(0)  # the same data on every rank
+    bank = torch.nn.functional.normalize(torch.randn(N, D, generator=g), dim=1)
+    true = torch.randint(0, C, (N,), generator=g)
+    labeled = torch.rand(N, generator=g) < 0.3
+    labeled[:C] = True
+    true[:C] = torch.arange(C)
+    cfg = LLPConfig(k=4, t=6, backend="cpu")
+    rows = group.shard(N)
+    full = LLPState(bank.clone(), true, labeled, C, cfg)
+    sharded = ShardedLLPState(bank[rows.start:rows.stop].clone(), true, labeled, C, cfg, group)
+
+    full.update_density(), sharded.update_density()
+    close(sharded.log_density, full.log_density)
+    full.propagate(), sharded.propagate()
+    assert torch.equal(sharded.labels, full.labels)
+    close(sharded.confidence, full.confidence)
+
+    idx = torch.randperm(N, generator=g)[:BATCH]
+    emb = torch.nn.functional.normalize(torch.randn(BATCH, D, generator=g), dim=1)
+    logits = torch.randn(BATCH, C, generator=g)
+    mine = torch.arange(BATCH).tensor_split(world)[rank]
+    for loss_of in ("loss", "instance_loss"):
+        e_full = emb.clone().requires_grad_()
+        e_mine = emb[mine].clone().requires_grad_()
+        if loss_of == "loss":
+            want = full.loss(idx, e_full, logits)[0]
+            got = sharded.loss(idx[mine], e_mine, logits[mine])[0]
+        else:
+            want = full.instance_loss(idx, e_full)
+            got = sharded.instance_loss(idx[mine], e_mine)
+        want.backward()
+        (got * len(mine) / BATCH).backward()  # local means, weighted into the global mean
+        total = got.detach() * len(mine) / BATCH
+        dist.all_reduce(total)
+        close(total, want.detach())
+        close(e_mine.grad, e_full.grad[mine])
+
+    full.update_bank(idx, emb), sharded.update_bank(idx[mine], emb[mine])
+    close(sharded.bank, full.bank)
+    full.propagate(idx), sharded.propagate(idx[mine])
+    assert torch.equal(sharded.labels, full.labels)
+    full.set_labels_from_classifier(idx, logits), sharded.set_labels_from_classifier(idx[mine], logits[mine])
+    assert torch.equal(sharded.labels, full.labels)
+
+    state = sharded.state_dict()
+    again = ShardedLLPState(torch.zeros(len(rows), D), true, labeled, C, cfg, group)
+    again.load_state_dict(state)
+    assert torch.equal(again.bank_shard, sharded.bank_shard)
+
+
+def _train_one_epoch(rank, world, port, run_dir):
+    """One rank of ``torchrun --nproc_per_node 2 -m llp.train``: main() joins and leaves
+    the group itself."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from llp.train import main
+    record = main(["--quiet", "--epochs", "1", "--lr-drops", "", "--run-dir", run_dir])
+    assert record["epoch"] == 1
+    assert not dist.is_initialized()
+    assert not _group_threads(), f"rank {rank}: the process group outlived the trainer: {_group_threads()}"
 
 
 def test_sharded_state_matches_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+    mp.spawn(_in_group, args=(2, str(tmp_path / "init"), _sharded_state_matches), nprocs=2, join=True)
+
+
+def test_trainer_releases_the_process_group(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train_one_epoch, args=(2, port, str(tmp_path / "run")), nprocs=2, join=True)
 
 
 def test_torchrun_trains_and_a_single_process_resumes(tmp_path):
