@@ -12,6 +12,7 @@
 #include "cpu/kernels.h"
 #ifdef LLP_WITH_CUDA
 #include "cuda/kernels.h"
+#include "cuda/slices.h"
 #endif
 
 namespace py = pybind11;
@@ -120,6 +121,10 @@ PYBIND11_MODULE(_C, m) {
           }
           if (!err.empty()) throw std::runtime_error(err);
         });
+  m.def("cuda_slice_rows", [](int64_t row_blocks, int64_t N, int64_t bn, int64_t min_tiles, int sms) {
+    const auto s = llp::cuda::tiles::slice_rows(row_blocks, N, bn, min_tiles, sms);
+    return py::make_tuple(s.count, s.rows);
+  }, "The split-N planner on its own (for tests): (slices, rows per slice).");
   m.def("cuda_aggregation_plan", [](int64_t B, int64_t N, int64_t D, int bank_dtype, bool backward_pass, int device) {
     const auto plan = llp::cuda::aggregation_plan(B, N, D, bank_dtype, backward_pass, device);
     return py::make_tuple(plan.splits, plan.n_per_split, plan.rows_padded, plan.dim_padded);

@@ -298,7 +298,7 @@ AggregationPlan aggregation_plan(int64_t B, int64_t N, int64_t D, int bank_dtype
   AggregationPlan plan;
   const int64_t rows = backward_pass ? kBackwardRows : kForwardRows;
   const int64_t bn = bank_dtype == kFloat32 ? 32 : 64;
-  const Slices slices = slice_rows((B + rows - 1) / rows, N, bn, 1, device);
+  const Slices slices = slice_rows((B + rows - 1) / rows, N, bn, 1, multiprocessor_count(device));
   plan.splits = slices.count;
   plan.n_per_split = slices.rows;
   plan.rows_padded = (B + kBackwardRows - 1) / kBackwardRows * kBackwardRows;

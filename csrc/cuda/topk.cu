@@ -209,7 +209,8 @@ TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device) {
   const int64_t rows = kp >= 256 ? 16 : 32;
   const int64_t bn = key_dtype == kFloat32 ? 32 : 64;
   // Each slice should hold well over KP keys, or its kept list is mostly sentinels.
-  const Slices slices = slice_rows((Q + rows - 1) / rows, N, bn, (4 * kp + bn - 1) / bn, device);
+  const Slices slices = slice_rows((Q + rows - 1) / rows, N, bn, (4 * kp + bn - 1) / bn,
+                                    multiprocessor_count(device));
   plan.splits = slices.count;
   plan.n_per_split = slices.rows;
   return plan;

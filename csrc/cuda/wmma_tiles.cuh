@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda/device_types.cuh"
+#include "cuda/slices.h"
 
 namespace llp::cuda::tiles {
 
@@ -27,24 +28,14 @@ constexpr unsigned kFull = 0xffffffffu;
 template <typename T> constexpr int bank_tile_rows() { return std::is_same_v<T, float> ? 32 : 64; }
 inline int dim_padded(int64_t D) { return static_cast<int>((D + 15) / 16 * 16); }
 
-// Split of N bank/key rows into slices of whole BN-row tiles so that about 4 blocks per
-// SM run even when there are few row blocks (flash-decoding style); each slice keeps at
-// least `min_tiles` tiles. Returns {slices, rows per slice}.
-struct Slices {
-  int64_t count, rows;
-};
-inline Slices slice_rows(int64_t row_blocks, int64_t N, int64_t bn, int64_t min_tiles, int device) {
+// Number of SMs of `device`; 1 when it cannot be read (no driver, say).
+inline int multiprocessor_count(int device) {
   int sms = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
     cudaGetLastError();
     sms = 1;
   }
-  const int64_t tiles = (N + bn - 1) / bn;
-  const int64_t most = tiles / min_tiles > 1 ? tiles / min_tiles : 1;
-  int64_t wanted = (4 * sms + row_blocks - 1) / row_blocks;
-  wanted = wanted < 1 ? 1 : (wanted > most ? most : wanted);
-  const int64_t rows = (tiles + wanted - 1) / wanted * bn;
-  return {(N + rows - 1) / rows, rows};
+  return sms;
 }
 
 // WMMA shapes and input types per bank dtype.
