@@ -3,7 +3,7 @@
 The reference materialises ``Q x N`` logits; ``chunked_*`` run the same reference on
 query chunks so that a chunk's logits stay under ``CHUNK_BYTES`` and the check works at
 sizes where the plain reference would not fit. The tolerances are per bank dtype: with a
-16-bit bank every backend rounds the queries to it (DESIGN 4c), so only fp32
+16-bit bank every backend rounds the queries to it, so only fp32
 accumulation order separates them.
 """
 from __future__ import annotations

@@ -51,8 +51,8 @@ def pytest_generate_tests(metafunc):
 def device():
     dev = bench_device()
     if dev.type == "cuda":
-        # fp32 products on tensor cores (TF32) for every implementation alike, as in
-        # DESIGN 5's rooflines; the checks widen their fp32 tolerance to match.
+        # fp32 products on tensor cores (TF32) for every implementation alike, as the
+        # rooflines assume; the checks widen their fp32 tolerance to match.
         torch.backends.cuda.matmul.allow_tf32 = True
     return dev
 

@@ -92,8 +92,8 @@ _PEAKS: Dict[str, Dict] = {}
 
 
 def device_peaks(device) -> Dict:
-    """Roofline peaks: a table keyed by GPU name (dense tensor-core numbers, as in DESIGN
-    section 5), or on a CPU measured once per session (best of 3: a 2048^3 fp32 and
+    """Roofline peaks: a table keyed by GPU name (dense tensor-core numbers: HBM
+    bandwidth, TF32 and bf16 peaks), or on a CPU measured once per session (best of 3: a 2048^3 fp32 and
     bf16 ``torch.mm``; a 256 MiB tensor copy counts 2 bytes moved per byte)."""
     device = torch.device(device)
     key = str(device)
@@ -106,7 +106,7 @@ def device_peaks(device) -> Dict:
         bw, tf32, bf16 = next((v for k, v in table.items() if k in name), (None, None, None))
         peaks = {"name": name, "bytes_per_s": bw, "flops_float32": tf32,
                  "flops_bfloat16": bf16, "flops_float16": bf16,
-                 "source": "stated (DESIGN 5; TF32 for fp32 products)" if bw else "unknown GPU"}
+                 "source": "stated by the vendor (TF32 for fp32 products)" if bw else "unknown GPU"}
     else:
         def best(f):
             f()

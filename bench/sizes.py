@@ -3,8 +3,10 @@
 - ``small``: the default on a CPU; the whole run stays under 5 minutes on 2 cores, so CI
   runs it. ``peers`` names the peer libraries that also run at a size (pykeops' CPU
   reductions take about a second at the smallest sizes, so only there).
-- ``large``: opt-in on a CPU (``--llp-size large``): DESIGN section 5's CPU targets.
-- ``gpu``: the default when CUDA is present: DESIGN section 5's GPU shapes, and N up to
+- ``large``: opt-in on a CPU (``--llp-size large``): the CPU targets (top-k M=20k x N=200k,
+  aggregation at N=1M).
+- ``gpu``: the default when CUDA is present: the GPU target shapes (aggregation B=256 x
+  N=1.28M, density 128k x 1.15M, a ResNet-18 step), and N up to
   10M with a bf16 bank.
 
 D is 128 throughout (the paper's embedding), tau 0.07.

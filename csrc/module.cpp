@@ -29,11 +29,12 @@ int threads_or_default(int threads) { return threads > 0 ? threads : omp_get_max
 PYBIND11_MODULE(_C, m) {
   m.doc() = "llp_kernels compiled kernels (CPU/OpenMP always, CUDA when built with nvcc)";
 
-  m.def("openmp_max_threads", &omp_get_max_threads);
+  // Hooks for the tests only, kept apart from the kernels' entry points.
+  py::module_ testing = m.def_submodule("testing", "test hooks: not part of any backend");
 
   // Element-wise dtype conversion through the kernels' own scalar converters; the tests
   // compare it with torch over every bf16/fp16 bit pattern.
-  m.def("convert", [](uintptr_t src, int src_dtype, uintptr_t dst, int dst_dtype, int64_t n) {
+  testing.def("convert", [](uintptr_t src, int src_dtype, uintptr_t dst, int dst_dtype, int64_t n) {
     if (src_dtype < 0 || src_dtype > 2 || dst_dtype < 0 || dst_dtype > 2)
       throw std::invalid_argument("convert: dtype code must be 0, 1 or 2");
     py::gil_scoped_release nogil;
@@ -104,6 +105,8 @@ PYBIND11_MODULE(_C, m) {
 #ifdef LLP_WITH_CUDA
   m.attr("cuda_compiled") = true;
   m.attr("cuda_archs") = LLP_CUDA_ARCHS;
+  m.attr("cuda_max_dim") = llp::cuda::kMaxDim;
+  m.attr("cuda_max_kept") = llp::cuda::kMaxKept;
   m.def("cuda_device_count", []() {
     std::string why;
     const int n = llp::cuda::device_count(&why);
@@ -121,7 +124,7 @@ PYBIND11_MODULE(_C, m) {
           }
           if (!err.empty()) throw std::runtime_error(err);
         });
-  m.def("cuda_slice_rows", [](int64_t row_blocks, int64_t N, int64_t bn, int64_t min_tiles, int sms) {
+  testing.def("cuda_slice_rows", [](int64_t row_blocks, int64_t N, int64_t bn, int64_t min_tiles, int sms) {
     const auto s = llp::cuda::tiles::slice_rows(row_blocks, N, bn, min_tiles, sms);
     return py::make_tuple(s.count, s.rows);
   }, "The split-N planner on its own (for tests): (slices, rows per slice).");

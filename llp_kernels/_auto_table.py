@@ -7,14 +7,14 @@ for each op when benchmarked there, with the date and the results file it came f
                   "fastest": {"aggregation_lse": "cuda", "topk_similarity": "triton", ...}}]}
 
 ``python -m bench.auto_table RESULTS.json`` writes an entry from a benchmark run. A GPU
-with no entry (or an op without one) falls back to the static order in ``_dispatch``.
+with no entry (or an op without one) falls back to the records' ``auto_priority`` order (``_dispatch``).
 """
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 TABLE_PATH = Path(__file__).with_name("auto_table.json")
 
@@ -41,6 +41,3 @@ def gpu_name(index: int) -> str:
     import torch
     return torch.cuda.get_device_name(index)
 
-
-def entries() -> Dict[str, dict]:
-    return {e["gpu"]: e for e in _entries()}

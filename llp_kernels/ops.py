@@ -1,10 +1,16 @@
 """The public functions: validation, dispatch, ``torch.library`` custom ops, autograd.
 
 Each public function checks its arguments' metadata (free, and traceable by
-``torch.compile``), resolves ``backend`` to a concrete name, and calls a custom op
-``torch.ops.llp.*``. The op's real implementation checks label/index values (a pass
-over small integer vectors, never over the bank) and calls the backend; its fake
-implementation gives shapes to ``torch.compile``.
+``torch.compile``), resolves ``backend`` to a concrete name from the backends' records
+(``_dispatch``), and calls a custom op ``torch.ops.llp.*``. The op's real implementation
+checks label/index values (a pass over small integer vectors, never over the bank) and
+calls the backend's kernel, ``_dispatch.record(backend).kernels[op]``, which lives in the
+backend's own file (``backends/cpu.py``, ``backends/cuda.py``, ``backends/triton/``,
+``reference.py``). Its fake implementation gives shapes to ``torch.compile``.
+
+The backend travels as a string argument of each op: several backends serve one device
+type, and the caller may name one, so torch's per-device kernel registration cannot make
+the choice; resolved before the op, it is a constant that ``torch.compile`` traces.
 """
 from __future__ import annotations
 
@@ -14,8 +20,17 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
-from ._dispatch import module, resolve
-from .reference import last_occurrence
+from ._dispatch import Call, record, resolve
+from ._lse import backward_inputs
+from .reference import class_vote, last_occurrence
+
+__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "class_vote", "local_density",
+           "propagate_labels", "topk_similarity", "update_memory_bank_"]
+
+
+def _kernel(backend: str, op: str):
+    return record(backend).kernels[op]
+
 
 # ---- custom ops ------------------------------------------------------------------------
 
@@ -23,8 +38,8 @@ from .reference import last_occurrence
 def _aggregation_lse_op(queries: Tensor, bank: Tensor, bank_labels: Tensor,
                         query_labels: Tensor, tau: float, backend: str) -> Tuple[Tensor, Tensor]:
     check.labels_in_range("query_labels", query_labels, 0, None)
-    lse_all, lse_same = module(backend).aggregation_lse(queries, bank, bank_labels,
-                                                        query_labels, tau)
+    lse_all, lse_same = _kernel(backend, "aggregation_lse")(queries, bank, bank_labels,
+                                                            query_labels, tau)
     return lse_all.float(), lse_same.float()
 
 
@@ -39,8 +54,9 @@ def _aggregation_grad_op(queries: Tensor, bank: Tensor, bank_labels: Tensor, que
                          lse_all: Tensor, lse_same: Tensor, grad_output: Tensor, tau: float,
                          backend: str) -> Tensor:
     check.labels_in_range("query_labels", query_labels, 0, None)
-    dq = module(backend).aggregation_grad(queries, bank, bank_labels, query_labels,
-                                          lse_all, lse_same, tau=tau, grad_output=grad_output)
+    scale, lse_all, lse_same = backward_inputs(lse_all, lse_same, grad_output, tau)
+    dq = _kernel(backend, "aggregation_grad")(queries, bank, bank_labels, query_labels,
+                                              lse_all, lse_same, scale, tau)
     return dq.to(queries.dtype)
 
 
@@ -87,7 +103,7 @@ torch.library.register_autograd("llp::aggregation_loss", _loss_backward,
 @torch.library.custom_op("llp::topk_similarity", mutates_args=())
 def _topk_op(queries: Tensor, keys: Tensor, k: int, tau: float, key_bias: Optional[Tensor],
              backend: str) -> Tuple[Tensor, Tensor]:
-    values, indices = module(backend).topk_similarity(queries, keys, k, tau, key_bias)
+    values, indices = _kernel(backend, "topk_similarity")(queries, keys, k, tau, key_bias)
     return values.float(), indices.long()
 
 
@@ -101,10 +117,7 @@ def _(queries, keys, k, tau, key_bias, backend):
 @torch.library.custom_op("llp::local_density", mutates_args=())
 def _local_density_op(labeled: Tensor, unlabeled: Tensor, t: int, tau: float,
                       backend: str) -> Tensor:
-    impl = getattr(module(backend), "local_density", None)
-    if impl is not None:
-        return impl(labeled, unlabeled, t, tau).float()
-    values, _ = module(backend).topk_similarity(labeled, unlabeled, t, tau, None)
+    values, _ = _kernel(backend, "topk_similarity")(labeled, unlabeled, t, tau, None)
     return torch.logsumexp(values.float(), dim=1)
 
 
@@ -122,34 +135,15 @@ def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
         num_classes = int(labeled_labels.max()) + 1
     else:
         check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes)
-    impl = getattr(module(backend), "propagate_labels", None)
-    if impl is not None:
-        labels, confidence = impl(queries, labeled, labeled_labels, log_density, k, tau,
-                                  num_classes)
-        return labels.long(), confidence.float()
-    scores, neighbours = module(backend).topk_similarity(queries, labeled, k, tau, log_density)
-    return class_vote(scores.float(), labeled_labels[neighbours], num_classes)
+    scores, neighbours = _kernel(backend, "topk_similarity")(queries, labeled, k, tau, log_density)
+    labels, confidence = class_vote(scores.float(), labeled_labels[neighbours], num_classes)
+    return labels, confidence.float()
 
 
 @_propagate_op.register_fake
 def _(queries, labeled, labeled_labels, log_density, k, tau, num_classes, backend):
     Q = queries.shape[0]
     return (queries.new_empty(Q, dtype=torch.int64), queries.new_empty(Q, dtype=torch.float32))
-
-
-def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
-    """The vote step of ``propagate_labels`` (paper eq. 5), for callers that select the
-    neighbours themselves (e.g. over a bank sharded across processes).
-
-    scores [Q, K] fp32 sorted descending (the best first), neighbour_labels [Q, K] int64
-    in [0, num_classes). ``w_c = sum_{k: label = c} exp(score_k - score_0)``; returns
-    ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and ``max_c w_c / sum_c w_c`` [Q].
-    """
-    weights = torch.exp(scores - scores[:, :1])
-    votes = weights.new_zeros(scores.shape[0], num_classes)
-    votes.scatter_add_(1, neighbour_labels, weights)
-    best, label = votes.max(dim=1)
-    return label, best / votes.sum(dim=1)
 
 
 @torch.library.custom_op("llp::update_memory_bank_", mutates_args=("bank",))
@@ -161,7 +155,7 @@ def _update_bank_op(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum:
         rows, new = indices, embeddings
     else:
         rows, new = indices[keep].contiguous(), embeddings[keep].contiguous()
-    module(backend).update_memory_bank_(bank, rows, new, momentum)
+    _kernel(backend, "update_memory_bank_")(bank, rows, new, momentum)
 
 
 @_update_bank_op.register_fake
@@ -170,6 +164,10 @@ def _(bank, indices, embeddings, momentum, backend):
 
 
 # ---- public API --------------------------------------------------------------------------
+
+def _call(device: torch.device, queries: Tensor, keys: Tensor, k: Optional[int] = None) -> Call:
+    return Call(device, dim=queries.shape[1], k=k, dtype=keys.dtype)
+
 
 def _check_aggregation_inputs(queries, bank, bank_labels, query_labels, tau):
     check.embeddings("queries", queries)
@@ -196,7 +194,7 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     """
     queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
         queries, bank, bank_labels, query_labels, tau)
-    name = resolve("aggregation_lse", backend, device)
+    name = resolve(("aggregation_lse", "aggregation_grad"), backend, _call(device, queries, bank))
     loss, _, _ = torch.ops.llp.aggregation_loss(queries, bank.detach(), bank_labels,
                                                 query_labels, tau, name)
     return loss
@@ -204,14 +202,14 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
 
 def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                     tau: float = 0.07, *, backend: str = "auto") -> Tuple[Tensor, Tensor]:
-    """``(lse_all, lse_same)`` [B] fp32 for this bank or bank shard (DESIGN 1.1).
+    """``(lse_all, lse_same)`` [B] fp32 for this bank or bank shard.
 
     Shards combine with ``torch.logaddexp`` across ranks; the loss is
     ``lse_all - lse_same`` of the combined values. No autograd (see ``aggregation_grad``).
     """
     queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
         queries, bank, bank_labels, query_labels, tau)
-    name = resolve("aggregation_lse", backend, device)
+    name = resolve(("aggregation_lse",), backend, _call(device, queries, bank))
     return torch.ops.llp.aggregation_lse(queries.detach(), bank.detach(), bank_labels,
                                          query_labels, tau, name)
 
@@ -232,7 +230,7 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
         grad_output = torch.ones(B, dtype=torch.float32, device=device)
     check.bias("grad_output", grad_output, B, "queries")
     check.same_device(queries=queries, lse_all=lse_all, lse_same=lse_same, grad_output=grad_output)
-    name = resolve("aggregation_grad", backend, device)
+    name = resolve(("aggregation_grad",), backend, _call(device, queries, bank))
     return torch.ops.llp.aggregation_grad(
         queries.detach(), bank.detach(), bank_labels, query_labels, lse_all.float().contiguous(),
         lse_same.float().contiguous(), grad_output.float().contiguous(), tau, name)
@@ -255,7 +253,7 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
         key_bias = key_bias.detach().float().contiguous()
     device = check.same_device(queries=queries, keys=keys, key_bias=key_bias)
     tau = check.positive_float("tau", tau)
-    name = resolve("topk_similarity", backend, device)
+    name = resolve(("topk_similarity",), backend, _call(device, queries, keys, k))
     return torch.ops.llp.topk_similarity(queries.detach().contiguous(), keys.detach().contiguous(),
                                          k, tau, key_bias, name)
 
@@ -273,7 +271,7 @@ def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 
     t = check.count("t", t, unlabeled.shape[0], "unlabeled")
     device = check.same_device(labeled=labeled, unlabeled=unlabeled)
     tau = check.positive_float("tau", tau)
-    name = resolve("topk_similarity", backend, device)
+    name = resolve(("topk_similarity",), backend, _call(device, labeled, unlabeled, t))
     return torch.ops.llp.local_density(labeled.detach().contiguous(),
                                        unlabeled.detach().contiguous(), t, tau, name)
 
@@ -301,7 +299,7 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
     device = check.same_device(queries=queries, labeled=labeled, labeled_labels=labeled_labels,
                                log_density=log_density)
     tau = check.positive_float("tau", tau)
-    name = resolve("topk_similarity", backend, device)
+    name = resolve(("topk_similarity",), backend, _call(device, queries, labeled, k))
     return torch.ops.llp.propagate_labels(
         queries.detach().contiguous(), labeled.detach().contiguous(),
         labeled_labels.long().contiguous(), log_density, k, tau,
@@ -328,7 +326,7 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
                          f"({embeddings.shape[0]}), got {indices.shape[0]}")
     device = check.same_device(bank=bank, indices=indices, embeddings=embeddings)
     momentum = check.unit_interval("momentum", momentum)
-    name = resolve("update_memory_bank_", backend, device)
+    name = resolve(("update_memory_bank_",), backend, _call(device, embeddings, bank))
     with torch.no_grad():
         torch.ops.llp.update_memory_bank_(bank, indices.long().contiguous(),
                                           embeddings.detach().contiguous(), momentum, name)

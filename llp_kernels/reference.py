@@ -5,7 +5,7 @@ Readable above all. Each function builds the full ``[rows x N]`` logits, so memo
 O(rows * N). Computation runs in fp32, or fp64 when given fp64 inputs (the tests use
 that as the high-precision oracle); outputs are in that compute dtype.
 
-Notation (DESIGN section 1): ``tau`` temperature, every row L2-normalised,
+Notation: ``tau`` temperature, every row L2-normalised,
 ``s(q, k) = q . k / tau``.
 """
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from ._lse import backward_inputs
+from .backends._record import Backend
 
 
 def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
@@ -79,28 +82,32 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     """``d(sum_b g_b loss[b]) / dq`` for this bank (or shard), given the global LSEs.
 
     ``dq_b = g_b / tau * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)`` with
-    ``p_bj = exp(s_bj - lse_all[b])`` and ``p'_bj = exp(s_bj - lse_same[b])``. Rows with
-    ``lse_same = -inf`` (no positive anywhere) get zero. Returns [B, D].
+    ``p_bj = exp(s_bj - lse_all[b])`` and ``p'_bj = exp(s_bj - lse_same[b])``. Rows whose
+    LSEs are not finite (no positive anywhere) get zero. Returns [B, D].
     """
+    g = torch.ones_like(lse_all) if grad_output is None else grad_output
+    scale, lse_all, lse_same = backward_inputs(lse_all, lse_same, g, tau)
+    return scaled_grad(queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, tau)
+
+
+def scaled_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
+    """``dq_b = scale_b * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)`` [B, D], the
+    backend form of ``aggregation_grad`` (``scale`` and LSEs from
+    ``llp_kernels._lse.backward_inputs``); rows with ``scale = 0`` get exactly zero."""
     dtype = _compute_dtype(queries, bank, lse_all)
     logits = _logits(queries, bank, tau)
     mask = _same_label_mask(bank_labels, query_labels)
-    lse_all = lse_all.to(dtype)
-    lse_same = lse_same.to(dtype)
-    g = torch.ones_like(lse_all) if grad_output is None else grad_output.to(dtype)
-    finite = torch.isfinite(lse_same)
-    g = torch.where(finite, g, torch.zeros_like(g))
-    p_all = torch.exp(logits - lse_all[:, None])
-    p_same = torch.where(mask & finite[:, None],
-                         torch.exp(logits - torch.where(finite, lse_same, 0.0)[:, None]),
-                         torch.zeros_like(logits))
-    weights = g[:, None] / tau * (p_all - p_same)
+    scale = scale.to(dtype)[:, None]
+    p_all = torch.exp(logits - lse_all.to(dtype)[:, None])
+    p_same = torch.where(mask, torch.exp(logits - lse_same.to(dtype)[:, None]), 0.0)
+    weights = torch.where(scale != 0, scale * (p_all - p_same), 0.0)
     return weights @ bank.to(dtype)
 
 
 def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
                     key_bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The k largest ``s(q, key_j) - key_bias[j]`` per query (DESIGN 1.4).
+    """The k largest ``s(q, key_j) - key_bias[j]`` per query.
 
     queries [Q, D], keys [N, D], key_bias [N] or None. Returns values [Q, k] sorted
     descending and their int64 key indices [Q, k]. Among equal values the order of
@@ -139,12 +146,21 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
     if num_classes is None:
         num_classes = int(labeled_labels.max()) + 1
     scores, neighbours = topk_similarity(queries, labeled, k, tau, key_bias=log_density)
+    return class_vote(scores, labeled_labels.long()[neighbours], num_classes)
+
+
+def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
+    """The vote of ``propagate_labels`` (paper eq. 5) over already chosen neighbours.
+
+    scores [Q, K] sorted descending (the best first), neighbour_labels [Q, K] int64 in
+    [0, num_classes). ``w_c = sum_{k: label = c} exp(score_k - score_0)``; returns
+    ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and ``max_c w_c / sum_c w_c`` [Q].
+    """
     weights = torch.exp(scores - scores[:, :1])
-    votes = torch.zeros(queries.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-    votes.scatter_add_(1, labeled_labels.long()[neighbours], weights)
-    probs = votes / votes.sum(dim=1, keepdim=True)
-    confidence, label = probs.max(dim=1)
-    return label, confidence
+    votes = weights.new_zeros(scores.shape[0], num_classes)
+    votes.scatter_add_(1, neighbour_labels, weights)
+    best, label = votes.max(dim=1)
+    return label, best / votes.sum(dim=1)
 
 
 def last_occurrence(indices: Tensor) -> Tensor:
@@ -171,3 +187,21 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
     mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
     bank[rows] = torch.nn.functional.normalize(mixed, dim=1, eps=1e-12).to(bank.dtype)
     return bank
+
+
+def _update_kernel(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum: float) -> None:
+    update_memory_bank_(bank, indices, embeddings, momentum)
+
+
+BACKEND = Backend(
+    name="reference",
+    summary="plain PyTorch, materialising (the oracle)",
+    devices=("cpu", "cuda"),
+    kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": scaled_grad,
+             "topk_similarity": topk_similarity, "update_memory_bank_": _update_kernel},
+    precision={"float32": "fp32 matmul (torch's own precision settings)",
+               "bfloat16": "inputs widened to fp32, fp32 matmul",
+               "float16": "inputs widened to fp32, fp32 matmul"},
+    auto_devices=("cpu", "cuda"),
+    auto_priority=100,  # the fallback: every other backend is tried first
+)

@@ -15,25 +15,19 @@ if not torch.cuda.is_available():
 import llp_kernels as lk  # noqa: E402
 from llp_kernels import _dispatch  # noqa: E402
 
-DEVICES = ["cpu", "cuda"]
-KERNEL_BACKENDS = ["cpu", "triton", "cuda"]
+KERNEL_BACKENDS = [name for name in _dispatch.BACKENDS if name != "reference"]
 
 
 def backend_cases(op):
-    """pytest params (backend, device) for every kernel backend on every device kind;
-    pairs that cannot run ``op`` here are skipped with the reason."""
+    """pytest params (backend, device) for every kernel backend on every device type its
+    record lists; pairs that cannot run ``op`` here are skipped with the reason."""
     cases = []
     for backend in KERNEL_BACKENDS:
-        for device in DEVICES:
-            # Each backend is tested on its natural device; triton also on CPU (interpreter).
-            if backend == "cpu" and device != "cpu":
-                continue
-            if backend == "cuda" and device != "cuda":
-                continue
+        for device in _dispatch.record(backend).devices:
             if device == "cuda" and not torch.cuda.is_available():
                 why = "no CUDA device on this machine"
             else:
-                why = _dispatch._unusable_reason(backend, op, torch.device(device))
+                why = _dispatch.unusable_reason(backend, op, device)
             marks = [pytest.mark.skip(reason=f"{backend} on {device}: {why}")] if why else []
             if device == "cuda":
                 marks.append(pytest.mark.gpu)
@@ -44,7 +38,7 @@ def backend_cases(op):
 # Backends that round queries to a 16-bit bank's dtype for native tensor-core products
 # (and the aggregation backward's weights too): the oracle gets the same rounded queries,
 # and their 16-bit-bank gradients are held to bf16/fp16-level tolerance.
-ROUNDS_TO_BANK_DTYPE = {"triton", "cuda"}
+ROUNDS_TO_BANK_DTYPE = {name for name, b in _dispatch.RECORDS.items() if b.rounds_queries_to_bank_dtype}
 
 
 def effective_queries(backend, queries, bank_dtype):
@@ -72,7 +66,7 @@ def max_err(a, b):
 
 
 def assert_as_accurate_as_torch(result, oracle64, torch32, factor=2.0, name="result", scale=None):
-    """The DESIGN standard: at most ~``factor`` x as far from the fp64 oracle as PyTorch's
+    """The project's accuracy standard: at most ~``factor`` x as far from the fp64 oracle as PyTorch's
     own fp32 computation (plus a few fp32 ulps of ``scale``, by default the oracle's
     magnitude, so that a torch result that happens to be exact does not demand
     bit-exactness; a difference of two reductions passes the operands' magnitude)."""

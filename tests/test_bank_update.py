@@ -89,17 +89,17 @@ def test_half_and_bfloat16_conversions_match_torch_on_every_bit_pattern():
     for dtype in (torch.float16, torch.bfloat16):
         narrow = every.view(dtype)
         out = torch.empty(narrow.shape[0], dtype=torch.float32)
-        C.convert(narrow.data_ptr(), DTYPE_CODES[dtype], out.data_ptr(), 0, narrow.shape[0])
+        C.testing.convert(narrow.data_ptr(), DTYPE_CODES[dtype], out.data_ptr(), 0, narrow.shape[0])
         expected = narrow.float()
         nan = torch.isnan(expected)
         assert torch.equal(torch.isnan(out), nan)
         assert torch.equal(out[~nan].view(torch.int32), expected[~nan].view(torch.int32))
 
         back = torch.empty(wide.shape[0], dtype=dtype)
-        C.convert(wide.data_ptr(), 0, back.data_ptr(), DTYPE_CODES[dtype], wide.shape[0])
+        C.testing.convert(wide.data_ptr(), 0, back.data_ptr(), DTYPE_CODES[dtype], wide.shape[0])
         assert torch.equal(back.view(torch.int16), wide.to(dtype).view(torch.int16))
     nan_in = torch.tensor([float("nan")])
     for dtype in (torch.float16, torch.bfloat16):
         back = torch.empty(1, dtype=dtype)
-        C.convert(nan_in.data_ptr(), 0, back.data_ptr(), DTYPE_CODES[dtype], 1)
+        C.testing.convert(nan_in.data_ptr(), 0, back.data_ptr(), DTYPE_CODES[dtype], 1)
         assert torch.isnan(back).all()

@@ -21,7 +21,7 @@ SIZES = [1, 31, 32, 33, 1000, 65_537, 10_000_019]
 @pytest.mark.parametrize("bn", [32, 64])
 def test_slices_cover_every_row_once_in_whole_tiles(sms, bn):
     for row_blocks, N, min_tiles in itertools.product([1, 3, 40, 5000], SIZES, [1, 4, 32]):
-        count, rows = C.cuda_slice_rows(row_blocks, N, bn, min_tiles, sms)
+        count, rows = C.testing.cuda_slice_rows(row_blocks, N, bn, min_tiles, sms)
         where = f"row_blocks={row_blocks} N={N} bn={bn} min_tiles={min_tiles} sms={sms}"
         assert rows > 0 and rows % bn == 0, where                     # whole tiles
         assert count * rows >= N and (count - 1) * rows < N, where    # all rows, no empty slice
@@ -34,7 +34,7 @@ def test_slices_cover_every_row_once_in_whole_tiles(sms, bn):
 
 
 def test_a_large_batch_is_not_split():
-    assert C.cuda_slice_rows(10_000, 1_000_000, 64, 1, 132)[0] == 1
+    assert C.testing.cuda_slice_rows(10_000, 1_000_000, 64, 1, 132)[0] == 1
 
 
 @pytest.mark.parametrize("dtype_code,bn", [(0, 32), (1, 64), (2, 64)])

@@ -32,16 +32,17 @@ def test_extension_was_built_with_cuda_when_nvcc_exists():
     assert C.cuda_compiled, "nvcc is present but the CUDA kernels were not compiled"
     assert "90" in C.cuda_archs.split(",")
     if not torch.cuda.is_available():
-        assert lk.available_backends()["cuda"].startswith("compiled for sm_")
+        assert lk.available_backends()["cuda"].startswith("unavailable: compiled for sm_")
 
 
 def test_auto_picks_cpu_and_env_overrides(monkeypatch):
-    cpu = torch.device("cpu")
+    cpu = _dispatch.Call(torch.device("cpu"), dim=64)
+    ops = ("aggregation_lse", "aggregation_grad")
     monkeypatch.delenv("LLP_BACKEND", raising=False)
-    assert _dispatch.resolve("aggregation_lse", "auto", cpu) == "cpu"
+    assert _dispatch.resolve(ops, "auto", cpu) == "cpu"
     monkeypatch.setenv("LLP_BACKEND", "reference")
-    assert _dispatch.resolve("aggregation_lse", "auto", cpu) == "reference"
-    assert _dispatch.resolve("aggregation_lse", "cpu", cpu) == "cpu"  # explicit wins
+    assert _dispatch.resolve(ops, "auto", cpu) == "reference"
+    assert _dispatch.resolve(ops, "cpu", cpu) == "cpu"  # explicit wins
     monkeypatch.setenv("LLP_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="LLP_BACKEND must be one of"):
         lk.topk_similarity(unit_rows(2, 64), unit_rows(5, 64), 2)
@@ -51,10 +52,9 @@ def test_env_backend_is_used_end_to_end(monkeypatch):
     """LLP_BACKEND=reference really routes the call (the reference never sorts ties by
     index, the cpu backend does: compare through a spy instead)."""
     calls = []
-    from llp_kernels import reference
-    original = reference.topk_similarity
-    monkeypatch.setattr(reference, "topk_similarity",
-                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    kernels = _dispatch.record("reference").kernels
+    original = kernels["topk_similarity"]
+    monkeypatch.setitem(kernels, "topk_similarity", lambda *a, **k: calls.append(1) or original(*a, **k))
     monkeypatch.setenv("LLP_BACKEND", "reference")
     lk.topk_similarity(unit_rows(2, 64), unit_rows(5, 64), 2)
     assert calls == [1]

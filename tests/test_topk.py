@@ -20,15 +20,10 @@ SMALL_SHAPES = [(1, 1, 64, 1), (3, 7, 64, 7), (4, 150, 64, 9), (2, 70, 128, 64),
 KEY_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-K_LIMITS = {"triton": ("llp_kernels.triton.topk", "triton"), "cuda": ("llp_kernels.cuda_backend", "cuda")}
-
-
-def k_limit(backend):
-    """The largest k a backend takes (larger k is its clear error, tested below)."""
-    if backend not in K_LIMITS:
-        return None
-    import importlib
-    return importlib.import_module(K_LIMITS[backend][0]).MAX_K
+def k_limit(backend, device="cpu", D=128, dtype=torch.float32):
+    """The largest k a backend's record admits (larger k is its clear error, tested below)."""
+    from llp_kernels._dispatch import Call, record
+    return record(backend).max_k(Call(torch.device(device), dim=D, dtype=dtype))
 
 
 def shapes_for(backend, device):
@@ -177,11 +172,12 @@ def test_density_weighting_penalises_dense_labeled_points():
 
 @pytest.mark.parametrize("backend,device", backend_cases("topk_similarity"))
 def test_k_limit_is_a_clear_error(backend, device):
-    limit = k_limit(backend)
+    limit = k_limit(backend, device, D=64)
     if limit is None:
         pytest.skip(f"{backend} takes any k <= N")
     q, keys = unit_rows(1, 64).to(device), unit_rows(limit + 1, 64).to(device)
-    with pytest.raises(ValueError, match=f"k={limit + 1} exceeds the {backend} backend's limit"):
+    with pytest.raises(ValueError, match=f"backend='{backend}' cannot run topk_similarity: "
+                                         f"it supports k <= {limit} .*got k={limit + 1}"):
         lk.topk_similarity(q, keys, limit + 1, backend=backend)
     if not interpreted(backend, device):  # the limit itself works (too slow to interpret)
         values, _ = lk.topk_similarity(q, keys, limit, backend=backend)

@@ -18,7 +18,8 @@ void lse_tile_update(const float* dots, int64_t B, int64_t n, int64_t ld,
 
 // Aggregation loss backward weights, in place over one tile:
 //   w[b,j] = scale[b] * (exp(x - lse_all[b]) - [label_j == ql_b] exp(x - lse_same[b])),
-//   x = dots[b,j] * inv_tau. Rows with lse_same = -inf (empty positive set) get w = 0.
+//   x = dots[b,j] * inv_tau. Rows with scale 0 get w = 0 (the caller gives them scale 0
+//   and finite placeholder LSEs when their LSEs are not finite).
 // The caller then does dq += w @ bank_tile.
 void lse_grad_tile(float* dots, int64_t B, int64_t n, int64_t ld,
                    const int64_t* bank_labels, const int64_t* query_labels, float inv_tau,

@@ -249,7 +249,7 @@ std::string prepare(const char* name, int device, int64_t D, size_t smem, const 
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (major < 8)
     return std::string(name) + ": needs compute capability 8.0+ (bf16/TF32 tensor cores); use backend='triton'";
-  if (D > kMaxDim) return std::string(name) + ": supports D <= 256, got " + std::to_string(D);
+  if (D > kMaxDim) return std::string(name) + ": supports D <= " + std::to_string(kMaxDim) + ", got " + std::to_string(D);
   if (smem > static_cast<size_t>(optin))
     return std::string(name) + ": needs " + std::to_string(smem) + " bytes of shared memory, the device allows " +
            std::to_string(optin);
@@ -297,7 +297,7 @@ std::string backward(const void* q, const void* bank, const int64_t* bank_labels
 AggregationPlan aggregation_plan(int64_t B, int64_t N, int64_t D, int bank_dtype, bool backward_pass, int device) {
   AggregationPlan plan;
   const int64_t rows = backward_pass ? kBackwardRows : kForwardRows;
-  const int64_t bn = bank_dtype == kFloat32 ? 32 : 64;
+  const int64_t bn = bank_tile_rows(bank_dtype);
   const Slices slices = slice_rows((B + rows - 1) / rows, N, bn, 1, multiprocessor_count(device));
   plan.splits = slices.count;
   plan.n_per_split = slices.rows;

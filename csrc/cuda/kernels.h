@@ -6,6 +6,12 @@
 
 namespace llp::cuda {
 
+// Limits of these kernels (exposed to Python as _C.cuda_max_dim / _C.cuda_max_kept, which
+// the cuda backend's record reads): embedding size, and the kept list per query row of
+// the top-k (k, plus re-score candidates for 16-bit keys).
+constexpr int kMaxDim = 256;
+constexpr int kMaxKept = 256;
+
 // bank[idx[b]] = normalize(m * bank[idx[b]] + (1 - m) * emb[b]) for b < B (idx unique
 // and in range: the Python layer guarantees both) on `device`. Returns an error string,
 // empty on success.

@@ -35,7 +35,8 @@ using namespace tiles;
 
 constexpr int64_t kSentinel = static_cast<int64_t>(0x807FFFFF00000000ULL);  // pack(-inf, 2^32-1)
 
-template <int KP> constexpr int topk_rows() { return KP >= 256 ? 16 : 32; }
+// Queries per block: fewer for the largest kept lists, whose shared memory grows with KP.
+constexpr int topk_rows(int kp) { return kp >= 256 ? 16 : 32; }
 
 __device__ inline int64_t pack(float value, int64_t column) {
   const int32_t bits = __float_as_int(value);
@@ -84,7 +85,7 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
             int64_t* __restrict__ out, int64_t Q, int64_t N, int D, int Dp, int64_t n_per_split,
             float inv_tau, bool split) {
 #ifdef LLP_TENSOR_CORES
-  constexpr int BM = topk_rows<KP>();
+  constexpr int BM = topk_rows(KP);
   constexpr int BN = bank_tile_rows<T>();
   constexpr int lds = BN + kPad;
   constexpr int kColFrags = BN / 16;
@@ -156,7 +157,7 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
 }
 
 template <typename T, int KP> size_t topk_smem(int Dp) {
-  constexpr int BM = topk_rows<KP>();
+  constexpr int BM = topk_rows(KP);
   constexpr int BN = bank_tile_rows<T>();
   return BM * (2 * KP + 1) * sizeof(int64_t) + (BM + BN) * static_cast<size_t>(Dp + kPad) * sizeof(T) +
          BM * static_cast<size_t>(BN + kPad) * sizeof(float) + BN * sizeof(float) + BM * sizeof(int);
@@ -182,7 +183,7 @@ std::string launch(const void* q, const void* keys, const float* bias, int64_t* 
                                                    static_cast<int>(smem));
       err != cudaSuccess)
     return std::string("topk_kernel: cudaFuncSetAttribute: ") + cudaGetErrorString(err);
-  constexpr int BM = topk_rows<KP>();
+  constexpr int BM = topk_rows(KP);
   const dim3 grid(static_cast<unsigned>((Q + BM - 1) / BM), static_cast<unsigned>(splits));
   topk_kernel<T, KP><<<grid, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(keys), bias,
                                                        out, Q, N, static_cast<int>(D), Dp, n_per_split, inv_tau, split);
@@ -206,8 +207,8 @@ std::string by_kp(const void* q, const void* keys, const float* bias, int64_t* o
 
 TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device) {
   TopkPlan plan;
-  const int64_t rows = kp >= 256 ? 16 : 32;
-  const int64_t bn = key_dtype == kFloat32 ? 32 : 64;
+  const int64_t rows = topk_rows(kp);
+  const int64_t bn = bank_tile_rows(key_dtype);
   // Each slice should hold well over KP keys, or its kept list is mostly sentinels.
   const Slices slices = slice_rows((Q + rows - 1) / rows, N, bn, (4 * kp + bn - 1) / bn,
                                     multiprocessor_count(device));
@@ -219,7 +220,7 @@ TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device) {
 std::string topk(const void* q, const void* keys, int key_dtype, const float* bias, int64_t* out, int64_t Q,
                  int64_t N, int64_t D, int kp, int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
                  int device, void* stream) {
-  if (D > kMaxDim) return "topk: supports D <= 256, got " + std::to_string(D);
+  if (D > kMaxDim) return "topk: supports D <= " + std::to_string(kMaxDim) + ", got " + std::to_string(D);
   return with_dtype(key_dtype, "topk", [&](auto tag) {
     using T = typename decltype(tag)::type;
     return by_kp<T>(q, keys, bias, out, Q, N, D, kp, splits, n_per_split, inv_tau,

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda/device_types.cuh"
+#include "cuda/kernels.h"
 #include "cuda/slices.h"
 
 namespace llp::cuda::tiles {
@@ -18,14 +19,17 @@ using namespace nvcuda;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;  // shared-memory row padding in elements; keeps WMMA's 32-byte alignment
-constexpr int kMaxDim = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define LLP_TENSOR_CORES 1
 #endif
 
-template <typename T> constexpr int bank_tile_rows() { return std::is_same_v<T, float> ? 32 : 64; }
+// Bank/key rows per shared-memory tile, by storage dtype (fp32 tiles take twice the bytes).
+constexpr int bank_tile_rows(int dtype) { return dtype == kFloat32 ? 32 : 64; }
+template <typename T> constexpr int bank_tile_rows() {
+  return bank_tile_rows(std::is_same_v<T, float> ? kFloat32 : kBFloat16);
+}
 inline int dim_padded(int64_t D) { return static_cast<int>((D + 15) / 16 * 16); }
 
 // Number of SMs of `device`; 1 when it cannot be read (no driver, say).

@@ -10,7 +10,7 @@ Per-slice candidates [S, Q, KP] are merged on the host with ``torch.topk``.
 
 16-bit keys: queries are rounded to the keys' dtype for the tensor-core product, so
 near-ties could swap; the kernel keeps extra candidates and the host re-scores them in
-fp32 before the final k. Supported k: 1 <= k <= MAX_K.
+fp32 before the final k. Supported k: the triton record's max_k.
 """
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ from torch import Tensor
 from .._packed_topk import finish, kept_size
 from ._launch import (blocks, input_precision, launch_options, load_rows, similarity_tile,
                       split_n, widen_16bit)
-
-MAX_K = 1024
-
 
 @triton.jit
 def _pack(values, columns):
@@ -86,9 +83,6 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
 
 def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
                     key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    if k > MAX_K:
-        raise ValueError(f"k={k} exceeds the triton backend's limit of {MAX_K}; "
-                         "use backend='cpu' or 'reference' for larger k")
     Q, D = queries.shape
     N = keys.shape[0]
     rescore = keys.dtype != torch.float32

@@ -3,8 +3,9 @@
 It holds the memory-bank update, the aggregation loss (tensor-core WMMA similarity
 tiles; forward partials per bank slice combined here in a fixed order, so results are
 deterministic) and the streaming top-k behind ``local_density`` and ``propagate_labels``.
-Limits: D <= 256, k <= 256, compute capability 8.0+ (each a clear error). ``backend="auto"``
-keeps preferring Triton on CUDA until a table measured on a GPU says otherwise.
+Limits (read from the compiled module): D <= ``_C.cuda_max_dim``, a kept list of at most
+``_C.cuda_max_kept`` keys per query, compute capability 8.0+. The kernels have not yet
+run on a GPU, so ``backend="auto"`` never picks them: ask for ``backend="cuda"``.
 """
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._extension import dtype_code, extension, ptr
+from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
+from .._lse import combine_partials
 from ._packed_topk import finish, kept_size
-from ._split_lse import backward_inputs, combine_partials
+from ._record import Backend, Call
 
-IMPLEMENTED = frozenset({"update_memory_bank_", "aggregation_lse", "aggregation_grad",
-                         "topk_similarity"})
-MAX_DIM = 256
-MAX_K = 256
+MIN_CAPABILITY = (8, 0)
 
 
 def _stream(t: Tensor) -> int:
@@ -33,17 +32,10 @@ def _exact_fp32(bank: Tensor) -> bool:
     return bank.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
 
 
-def _check_dim(D: int) -> None:
-    if D > MAX_DIM:
-        raise ValueError(f"backend='cuda' computes the aggregation loss for D <= {MAX_DIM}, got D={D}; "
-                         f"use backend='triton'")
-
-
 def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                     tau: float) -> Tuple[Tensor, Tensor]:
     B, D = queries.shape
     N = bank.shape[0]
-    _check_dim(D)
     C = extension()
     device = bank.device.index
     splits, n_per_split, _, _ = C.cuda_aggregation_plan(B, N, D, dtype_code(bank, "bank"), False, device)
@@ -56,19 +48,17 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, grad_output: Tensor, tau: float) -> Tensor:
+                     lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     B, D = queries.shape
     N = bank.shape[0]
-    _check_dim(D)
     C = extension()
     device = bank.device.index
     splits, n_per_split, rows_padded, dim_padded = C.cuda_aggregation_plan(
         B, N, D, dtype_code(bank, "bank"), True, device)
     q = queries.to(bank.dtype).contiguous()
-    coef, lse_all, lse_same = backward_inputs(lse_all, lse_same, grad_output, tau)
     parts = torch.empty(splits, rows_padded, dim_padded, dtype=torch.float32, device=bank.device)
     C.cuda_aggregation_backward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
-                                ptr(query_labels), ptr(lse_all), ptr(lse_same), ptr(coef), ptr(parts),
+                                ptr(query_labels), ptr(lse_all), ptr(lse_same), ptr(scale), ptr(parts),
                                 B, N, D, splits, n_per_split, 1.0 / tau, _exact_fp32(bank), device,
                                 _stream(bank))
     return parts.sum(dim=0)[:B, :D]
@@ -76,7 +66,6 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
                         momentum: float) -> None:
-    """``indices`` unique and in range (the ops layer deduplicates and checks)."""
     extension().cuda_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0],
                                  bank.shape[1], ptr(indices), ptr(embeddings),
                                  dtype_code(embeddings, "embeddings"), indices.shape[0],
@@ -86,18 +75,13 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
 def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
                     key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """Fused WMMA similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
-    k <= MAX_K; 16-bit keys keep up to RESCORE_MARGIN extra candidates (fewer when
-    k + margin would pass MAX_K) that are re-scored in fp32 on the host."""
+    16-bit keys keep up to RESCORE_MARGIN extra candidates (fewer when k + margin would
+    pass the kept-list limit) that are re-scored in fp32 on the host."""
     Q, D = queries.shape
     N = keys.shape[0]
-    if k > MAX_K:
-        raise ValueError(f"k={k} exceeds the cuda backend's limit of {MAX_K}; use backend='triton' "
-                         f"(k <= 1024) or 'cpu'/'reference'")
-    if D > MAX_DIM:
-        raise ValueError(f"backend='cuda' computes top-k for D <= {MAX_DIM}, got D={D}; use backend='triton'")
-    rescore = keys.dtype != torch.float32
-    kp = min(kept_size(k, N, keys.dtype, smallest=32), MAX_K)
     C = extension()
+    rescore = keys.dtype != torch.float32
+    kp = min(kept_size(k, N, keys.dtype, smallest=32), _limit("cuda_max_kept"))
     device = keys.device.index
     code = dtype_code(keys, "keys")
     splits, n_per_split = C.cuda_topk_plan(Q, N, kp, code, device)
@@ -106,3 +90,50 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
     C.cuda_topk(ptr(q), ptr(keys), code, 0 if key_bias is None else ptr(key_bias), ptr(candidates),
                 Q, N, D, kp, splits, n_per_split, 1.0 / tau, _exact_fp32(keys), device, _stream(keys))
     return finish(candidates, queries, keys, k, tau, key_bias, rescore)
+
+
+def _environment() -> str:
+    if extension_error() is not None:
+        return f"the compiled extension is unavailable ({extension_error()})"
+    if not cuda_compiled():
+        return "the CUDA kernels were not compiled (no nvcc at build time)"
+    count, why = cuda_device_status()
+    if count < 1:
+        return f"compiled for sm_{extension().cuda_archs} but no CUDA device is usable ({why or 'none found'})"
+    return ""
+
+
+def _device_check(device: torch.device) -> str:
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        return (f"it needs compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}+, "
+                f"{device} has {capability[0]}.{capability[1]}")
+    return ""
+
+
+def _limit(name: str) -> Optional[int]:
+    return getattr(extension(), name, None) if cuda_compiled() else None
+
+
+def _max_k(call: Call) -> Optional[int]:
+    return _limit("cuda_max_kept")
+
+
+BACKEND = Backend(
+    name="cuda",
+    summary="hand-written CUDA kernels (WMMA tensor-core tiles, warp-level top-k)",
+    devices=("cuda",),
+    kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
+             "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
+    precision={"float32": "TF32 tensor cores when torch allows TF32 matmuls, else 3xTF32 "
+                          "(fp32-accurate); fp32 accumulation",
+               "bfloat16": "queries rounded to bf16, bf16 tensor cores, fp32 accumulation",
+               "float16": "queries rounded to fp16, fp16 tensor cores, fp32 accumulation"},
+    environment=_environment,
+    device_check=_device_check,
+    max_dim=_limit("cuda_max_dim"),
+    max_k=_max_k,
+    auto_devices=(),  # opt-in until the GPU check has passed on a GPU
+    rounds_queries_to_bank_dtype=True,
+    details=lambda: f"compiled for sm_{extension().cuda_archs}, {cuda_device_status()[0]} device(s)",
+)

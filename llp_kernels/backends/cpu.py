@@ -1,4 +1,4 @@
-"""The ``cpu`` backend: BLAS similarity tiles + fused C++/OpenMP epilogues.
+"""The ``cpu`` backend: BLAS similarity tiles + fused C++/OpenMP epilogues (``csrc/cpu``).
 
 Each op walks the keys (bank rows) in column tiles. ``torch.mm`` writes one tile of raw
 dot products ``[rows, cols]`` into a single reused fp32 buffer (bounded to
@@ -15,7 +15,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._extension import dtype_code, extension, ptr
+from .._extension import dtype_code, extension, extension_error, ptr
+from ._record import Backend
 
 TILE_ELEMENTS = 1 << 20
 MIN_TILE_COLS = 256
@@ -71,16 +72,12 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, grad_output: Tensor,
-                     tau: float) -> Tensor:
+                     lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     C = extension()
     q = _fp32(queries)
     B, N = q.shape[0], bank.shape[0]
     cols = _tile_cols(B, N)
     buffer = torch.empty(B * cols, dtype=torch.float32)
-    lse_all = _fp32(lse_all).contiguous()
-    lse_same = _fp32(lse_same).contiguous()
-    scale = (_fp32(grad_output) / tau).contiguous()
     dq = torch.zeros_like(q)
     for lo, hi, tile in _tiles(bank, cols):
         weights = _dots(q, tile, buffer)
@@ -123,3 +120,24 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
     extension().cpu_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0], bank.shape[1],
                                 ptr(indices), ptr(embeddings), dtype_code(embeddings, "embeddings"),
                                 indices.shape[0], momentum, _threads())
+
+
+def _environment() -> str:
+    error = extension_error()
+    return "" if error is None else f"the compiled extension is unavailable ({error})"
+
+
+BACKEND = Backend(
+    name="cpu",
+    summary="compiled C++/OpenMP kernels over BLAS similarity tiles",
+    devices=("cpu",),
+    kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
+             "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
+    precision={"float32": "fp32 products (BLAS), fp32 accumulation",
+               "bfloat16": "bank tiles widened to fp32, fp32 products and accumulation",
+               "float16": "bank tiles widened to fp32, fp32 products and accumulation"},
+    environment=_environment,
+    auto_devices=("cpu",),
+    auto_priority=0,
+    details=lambda: f"{torch.get_num_threads()} threads",
+)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._split_lse import backward_inputs, combine_partials
+from ..._lse import combine_partials
 from ._launch import (blocks, input_precision, launch_options, load_rows, same_label,
                       similarity_tile, split_n, widen_16bit)
 
@@ -140,13 +140,11 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, grad_output: Tensor,
-                     tau: float) -> Tensor:
+                     lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     B, D = queries.shape
     N = bank.shape[0]
     blk, grid, n_per_split = _grid(queries, bank)
     queries = queries.to(bank.dtype)
-    scale, lse_all, lse_same = backward_inputs(lse_all, lse_same, grad_output, tau)
     parts = torch.empty(grid[1], B, D, dtype=torch.float32, device=queries.device)
     _lse_backward_kernel[grid](
         queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, parts,
