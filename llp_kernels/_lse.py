@@ -1,9 +1,9 @@
 """Host-side log-sum-exp rules shared by every backend of the aggregation loss.
 
 ``backward_inputs`` is the one place that decides which rows get a gradient: a row whose
-log-sum-exps are not finite (a query label that no bank row carries gives
-``lse_same = -inf``) gets ``scale = 0`` and finite placeholder LSEs, so the backward
-kernels need no special case. ``combine_partials`` merges per-slice forward partials
+query label no bank row carries (``lse_same = -inf``; its loss is the constant ``+inf``)
+gets ``scale = 0`` and finite placeholder LSEs, so the backward kernels need no special
+case; a row with any other non-finite LSE (a NaN or inf upstream) gets a NaN gradient. ``combine_partials`` merges per-slice forward partials
 of the GPU kernels that split the bank into S slices.
 """
 from __future__ import annotations
@@ -24,10 +24,12 @@ def combine_partials(parts: Tensor) -> Tuple[Tensor, Tensor]:
 
 def backward_inputs(lse_all: Tensor, lse_same: Tensor, grad_output: Tensor,
                     tau: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """(scale = g/tau, lse_all, lse_same) as contiguous [B] in the LSEs' float dtype;
-    rows whose LSEs are not finite get scale 0 and placeholder LSEs 0."""
-    usable = torch.isfinite(lse_same) & torch.isfinite(lse_all)
+    """(scale = g/tau, lse_all, lse_same) as contiguous [B] in the LSEs' float dtype; rows
+    without a positive get scale 0, rows with another non-finite LSE scale NaN, and both
+    placeholder LSEs 0."""
     dtype = torch.promote_types(lse_all.dtype, torch.float32)
-    scale = torch.where(usable, grad_output.to(dtype) / tau, 0.0).contiguous()
-    return (scale, torch.where(usable, lse_all.to(dtype), 0.0).contiguous(),
+    no_positive = (lse_same == float("-inf")) & ~torch.isnan(lse_all)
+    usable = torch.isfinite(lse_same) & torch.isfinite(lse_all)
+    scale = torch.where(usable, grad_output.to(dtype) / tau, torch.where(no_positive, 0.0, float("nan")))
+    return (scale.contiguous(), torch.where(usable, lse_all.to(dtype), 0.0).contiguous(),
             torch.where(usable, lse_same.to(dtype), 0.0).contiguous())

@@ -20,6 +20,12 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+# Below ~1e-9, fp32 logits of magnitude 1/tau carry rounding errors of e^88 and more in
+# their exponentials, and the log-sum-exps stop being finite on some backends; 1e-6 keeps
+# a margin. (Useful temperatures are 0.01-1.)
+TAU_MIN = 1e-6
+
+
 def _is_tensor(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -41,7 +47,11 @@ def embeddings(name: str, t, dim: Optional[int] = None, dim_from: str = "") -> t
     return t
 
 
-def _one_per_row(name: str, t: torch.Tensor, length: int, length_from: str) -> torch.Tensor:
+def _one_per_row(name: str, t: torch.Tensor, length: Optional[int], length_from: str) -> torch.Tensor:
+    if length is None:
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+        return t
     if t.dim() != 1 or t.shape[0] != length:
         raise ValueError(
             f"{name} must be 1-D with {length} entries (one per row of {length_from}), "
@@ -49,8 +59,8 @@ def _one_per_row(name: str, t: torch.Tensor, length: int, length_from: str) -> t
     return t
 
 
-def labels(name: str, t, length: int, length_from: str) -> torch.Tensor:
-    """A 1-D integer tensor with ``length`` entries."""
+def labels(name: str, t, length: Optional[int], length_from: str) -> torch.Tensor:
+    """A 1-D integer tensor with ``length`` entries (any length when None)."""
     _is_tensor(name, t)
     if t.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name} must be an integer tensor (int64 or int32), got {t.dtype}")
@@ -80,6 +90,15 @@ def positive_float(name: str, x) -> float:
     if not (math.isfinite(x) and x > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {x}")
     return float(x)
+
+
+def temperature(name: str, x) -> float:
+    """A finite float >= TAU_MIN."""
+    x = positive_float(name, x)
+    if x < TAU_MIN:
+        raise ValueError(f"{name} must be >= {TAU_MIN:g} (smaller temperatures overflow fp32 "
+                         f"exponentials), got {x:g}")
+    return x
 
 
 def unit_interval(name: str, x) -> float:

@@ -165,6 +165,18 @@ def _(bank, indices, embeddings, momentum, backend):
 
 # ---- public API --------------------------------------------------------------------------
 
+def _overlaps(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` share any bytes of memory (a view of the other, say)."""
+    if a.device != b.device or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    def span(t):
+        start = t.data_ptr()
+        extent = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
+        return start, start + (extent + 1) * t.element_size()
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
 def _call(device: torch.device, queries: Tensor, keys: Tensor, k: Optional[int] = None) -> Call:
     return Call(device, dim=queries.shape[1], k=k, dtype=keys.dtype)
 
@@ -176,7 +188,7 @@ def _check_aggregation_inputs(queries, bank, bank_labels, query_labels, tau):
     check.labels("query_labels", query_labels, queries.shape[0], "queries")
     device = check.same_device(queries=queries, bank=bank, bank_labels=bank_labels,
                                query_labels=query_labels)
-    tau = check.positive_float("tau", tau)
+    tau = check.temperature("tau", tau)
     return (queries.contiguous(), bank.contiguous(), bank_labels.long().contiguous(),
             query_labels.long().contiguous(), tau, device)
 
@@ -252,7 +264,7 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
         check.bias("key_bias", key_bias, keys.shape[0], "keys")
         key_bias = key_bias.detach().float().contiguous()
     device = check.same_device(queries=queries, keys=keys, key_bias=key_bias)
-    tau = check.positive_float("tau", tau)
+    tau = check.temperature("tau", tau)
     name = resolve(("topk_similarity",), backend, _call(device, queries, keys, k))
     return torch.ops.llp.topk_similarity(queries.detach().contiguous(), keys.detach().contiguous(),
                                          k, tau, key_bias, name)
@@ -270,7 +282,7 @@ def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 
     check.embeddings("unlabeled", unlabeled, labeled.shape[1], "labeled")
     t = check.count("t", t, unlabeled.shape[0], "unlabeled")
     device = check.same_device(labeled=labeled, unlabeled=unlabeled)
-    tau = check.positive_float("tau", tau)
+    tau = check.temperature("tau", tau)
     name = resolve(("topk_similarity",), backend, _call(device, labeled, unlabeled, t))
     return torch.ops.llp.local_density(labeled.detach().contiguous(),
                                        unlabeled.detach().contiguous(), t, tau, name)
@@ -298,7 +310,7 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
     num_classes = check.optional_num_classes("num_classes", num_classes)
     device = check.same_device(queries=queries, labeled=labeled, labeled_labels=labeled_labels,
                                log_density=log_density)
-    tau = check.positive_float("tau", tau)
+    tau = check.temperature("tau", tau)
     name = resolve(("topk_similarity",), backend, _call(device, queries, labeled, k))
     return torch.ops.llp.propagate_labels(
         queries.detach().contiguous(), labeled.detach().contiguous(),
@@ -319,11 +331,13 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
     if not bank.is_contiguous():
         raise ValueError("bank must be contiguous: it is updated in place, so it cannot be "
                          "copied (call .contiguous() once when creating it)")
-    check.labels("indices", indices, indices.shape[0] if indices.dim() == 1 else -1, "embeddings")
+    check.labels("indices", indices, None, "embeddings")
     check.embeddings("embeddings", embeddings, bank.shape[1], "bank")
     if embeddings.shape[0] != indices.shape[0]:
         raise ValueError(f"indices must have one entry per row of embeddings "
                          f"({embeddings.shape[0]}), got {indices.shape[0]}")
+    if _overlaps(embeddings, bank):
+        embeddings = embeddings.clone()  # every row must mix with the bank's old values
     device = check.same_device(bank=bank, indices=indices, embeddings=embeddings)
     momentum = check.unit_interval("momentum", momentum)
     name = resolve(("update_memory_bank_",), backend, _call(device, embeddings, bank))

@@ -7,6 +7,12 @@ that as the high-precision oracle); outputs are in that compute dtype.
 
 Notation: ``tau`` temperature, every row L2-normalised,
 ``s(q, k) = q . k / tau``.
+
+Non-finite inputs (the rule every backend follows): a NaN or inf in queries, keys, the
+bank, a bias or an embedding is never checked for; it makes NaN exactly the outputs it
+touches. A log-sum-exp over a non-finite logit is NaN; a top-k ranks a NaN score below
+every number (so it never displaces a finite neighbour); a vote over a NaN score gives
+confidence NaN and label -1; a bank row mixed with a non-finite value becomes all NaN.
 """
 from __future__ import annotations
 
@@ -49,9 +55,11 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
     """
     logits = _logits(queries, bank, tau)
     mask = _same_label_mask(bank_labels, query_labels)
+    bad = ~torch.isfinite(logits)
     lse_all = torch.logsumexp(logits, dim=1)
     lse_same = torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=1)
-    return lse_all, lse_same
+    return (torch.where(bad.any(dim=1), float("nan"), lse_all),
+            torch.where((bad & mask).any(dim=1), float("nan"), lse_same))
 
 
 def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
@@ -73,7 +81,8 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     safe = torch.where(mask | ~has_positive[:, None], logits, torch.full_like(logits, float("-inf")))
     lse_same = torch.logsumexp(safe, dim=1)
     loss = lse_all - lse_same
-    return torch.where(has_positive, loss, torch.full_like(loss, float("inf")))
+    loss = torch.where(has_positive, loss, torch.full_like(loss, float("inf")))
+    return torch.where(torch.isfinite(logits).all(dim=1), loss, float("nan"))
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
@@ -110,14 +119,23 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
     """The k largest ``s(q, key_j) - key_bias[j]`` per query.
 
     queries [Q, D], keys [N, D], key_bias [N] or None. Returns values [Q, k] sorted
-    descending and their int64 key indices [Q, k]. Among equal values the order of
-    indices is unspecified here (torch.topk's).
+    descending and their int64 key indices [Q, k] (``rank_descending``'s order: among
+    equal values the lower index first, NaN scores last).
     """
     scores = _logits(queries, keys, tau)
     if key_bias is not None:
         scores = scores - key_bias.to(scores.dtype)[None, :]
-    values, indices = torch.topk(scores, k, dim=1, largest=True, sorted=True)
-    return values, indices
+    order = rank_descending(scores)[:, :k].contiguous()
+    return torch.gather(scores, 1, order), order
+
+
+def rank_descending(scores: Tensor) -> Tensor:
+    """Positions [Q, N] that sort each row of ``scores`` descending: among equal values the
+    lower position first, and NaN after every number (even -inf). The top-k order."""
+    order = torch.sort(torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"),
+                                        neginf=float("-inf")), dim=1, descending=True, stable=True).indices
+    nan_last = torch.sort(torch.isnan(torch.gather(scores, 1, order)).to(torch.int8), dim=1, stable=True).indices
+    return torch.gather(order, 1, nan_last)
 
 
 def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 0.07) -> Tensor:
@@ -149,18 +167,30 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
     return class_vote(scores, labeled_labels.long()[neighbours], num_classes)
 
 
-def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
+def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """The vote of ``propagate_labels`` (paper eq. 5) over already chosen neighbours.
 
-    scores [Q, K] sorted descending (the best first), neighbour_labels [Q, K] int64 in
-    [0, num_classes). ``w_c = sum_{k: label = c} exp(score_k - score_0)``; returns
-    ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and ``max_c w_c / sum_c w_c`` [Q].
+    scores [Q, K] sorted descending (the best first), neighbour_labels [Q, K] int64 (in
+    [0, num_classes): the vote itself needs no class count). ``w_c = sum_{k: label = c}
+    exp(score_k - score_0)``; returns ``argmax_c w_c`` (lowest class on a tie) int64 [Q]
+    and ``max_c w_c / sum_c w_c`` [Q]; a row whose weights are not finite gets label -1
+    and confidence NaN. Memory O(Q K), whatever the number of classes.
     """
     weights = torch.exp(scores - scores[:, :1])
-    votes = weights.new_zeros(scores.shape[0], num_classes)
-    votes.scatter_add_(1, neighbour_labels, weights)
-    best, label = votes.max(dim=1)
-    return label, best / votes.sum(dim=1)
+    labels, order = torch.sort(neighbour_labels, dim=1, stable=True)
+    weights = torch.gather(weights, 1, order)
+    # Runs of equal labels in each sorted row: sum the weights of each run.
+    starts = torch.ones_like(labels, dtype=torch.bool)
+    starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    run = torch.cumsum(starts.long(), dim=1) - 1
+    votes = torch.zeros_like(weights).scatter_add_(1, run, weights)
+    best, best_run = votes.max(dim=1)
+    first_of_run = torch.where(starts, run, labels.shape[1])
+    position = (first_of_run == best_run[:, None]).long().argmax(dim=1)
+    label = torch.gather(labels, 1, position[:, None]).squeeze(1)
+    confidence = best / weights.sum(dim=1)
+    usable = torch.isfinite(confidence)
+    return torch.where(usable, label, -1), torch.where(usable, confidence, float("nan"))
 
 
 def last_occurrence(indices: Tensor) -> Tensor:
@@ -178,14 +208,17 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
 
     ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` for each ``(i, v)`` of
     ``(indices, embeddings)``, mixing in fp32 and storing in the bank's dtype.
-    ``normalize`` divides by ``max(norm, 1e-12)``. When an index repeats within the call,
-    the last occurrence wins: the row is mixed once, from its old value.
+    ``normalize`` divides by ``max(norm, 1e-12)``; a row whose mix is not finite becomes
+    all NaN. When an index repeats within the call, the last occurrence wins: the row is
+    mixed once, from its old value.
     """
     keep = last_occurrence(indices)
     rows = indices[keep].long()
     dtype = _compute_dtype(bank, embeddings)
     mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
-    bank[rows] = torch.nn.functional.normalize(mixed, dim=1, eps=1e-12).to(bank.dtype)
+    finite = torch.isfinite((mixed * mixed).sum(dim=1, keepdim=True))
+    new = torch.where(finite, torch.nn.functional.normalize(mixed, dim=1, eps=1e-12), float("nan"))
+    bank[rows] = new.to(bank.dtype)
     return bank
 
 

@@ -14,10 +14,12 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // floats, and anything they drop is below fp32 resolution of the same-label sum.
 constexpr float kSharedShiftRange = 60.0f;
 
-// s * exp(m_old - m_new) without producing NaN when both are -inf.
+// s * exp(m_old - m_new) without producing NaN when both are -inf (s is then 0, or a
+// NaN that marks a non-finite logit seen earlier, and stays so).
 inline float rescale(float s, float m_old, float m_new) {
-  return m_old == kNegInf ? 0.0f : s * std::exp(m_old - m_new);
+  return m_old == kNegInf ? s * 0.0f : s * std::exp(m_old - m_new);
 }
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 }  // namespace
 
 void lse_tile_update(const float* dots, int64_t B, int64_t n, int64_t ld,
@@ -28,13 +30,21 @@ void lse_tile_update(const float* dots, int64_t B, int64_t n, int64_t ld,
     const float* row = dots + b * ld;
     const int64_t label = query_labels[b];
 
-    float tile_max = kNegInf;
-    float tile_max_same = kNegInf;
-#pragma omp simd reduction(max : tile_max, tile_max_same)
+    // The maxima skip non-finite logits; those are flagged instead and make the sums NaN
+    // (a log-sum-exp over a NaN or inf input is NaN).
+    float tile_max = kNegInf, tile_max_same = kNegInf, bad_all = 0.0f, bad_same = 0.0f;
+#pragma omp simd reduction(max : tile_max, tile_max_same, bad_all, bad_same)
     for (int64_t j = 0; j < n; ++j) {
-      tile_max = row[j] > tile_max ? row[j] : tile_max;
-      float same = bank_labels[j] == label ? row[j] : kNegInf;
+      const float x = row[j];
+      const bool same_j = bank_labels[j] == label;
+      const bool finite = x - x == 0.0f;
+      tile_max = finite && x > tile_max ? x : tile_max;
+      const float same = same_j && finite ? x : kNegInf;
       tile_max_same = same > tile_max_same ? same : tile_max_same;
+      const float bad = finite ? 0.0f : 1.0f;
+      bad_all = bad > bad_all ? bad : bad_all;
+      const float bad_s = same_j ? bad : 0.0f;
+      bad_same = bad_s > bad_same ? bad_s : bad_same;
     }
     // inv_tau > 0, so the max of the logits is the max of the dots times inv_tau.
     const float new_m = std::fmax(m_all[b], tile_max * inv_tau);
@@ -63,9 +73,9 @@ void lse_tile_update(const float* dots, int64_t B, int64_t n, int64_t ld,
         }
       }
     }
-    s_all[b] = rescale(s_all[b], m_all[b], new_m) + acc;
+    s_all[b] = bad_all > 0.0f ? kNaN : rescale(s_all[b], m_all[b], new_m) + acc;
     m_all[b] = new_m;
-    s_same[b] = rescale(s_same[b], m_same[b], new_m_same) + acc_same;
+    s_same[b] = bad_same > 0.0f ? kNaN : rescale(s_same[b], m_same[b], new_m_same) + acc_same;
     m_same[b] = new_m_same;
   }
 }

@@ -1,5 +1,6 @@
 // Memory-bank update on CPU: gather, mix, re-normalise and scatter each row in one go.
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "common/dtype.h"
@@ -31,8 +32,10 @@ int64_t bank_update_typed(BankT* bank, int64_t N, int64_t D, const int64_t* idx,
         mixed[d] = x;
         sq += x * x;
       }
-      // Same guard as torch.nn.functional.normalize: divide by max(norm, eps).
-      const float inv_norm = 1.0f / std::fmax(std::sqrt(sq), 1e-12f);
+      // Same guard as torch.nn.functional.normalize: divide by max(norm, eps). A mix that
+      // is not finite (a NaN or inf input) makes the whole row NaN.
+      const float inv_norm = std::isfinite(sq) ? 1.0f / std::fmax(std::sqrt(sq), 1e-12f)
+                                               : std::numeric_limits<float>::quiet_NaN();
       for (int64_t d = 0; d < D; ++d) Storage<BankT>::store(row, d, mixed[d] * inv_norm);
     }
   }

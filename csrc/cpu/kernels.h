@@ -27,13 +27,14 @@ void lse_grad_tile(float* dots, int64_t B, int64_t n, int64_t ld,
 
 // Streaming top-k, one tile of columns [offset, offset+n): value = dots*inv_tau - bias[j].
 // heap_vals/heap_idx: [Q, k] per-row min-heaps (worst on top); the first k columns seen
-// fill them, later ones enter only if strictly larger than the current k-th best
-// (so among equal values the lower index wins). bias may be null.
+// fill them, later ones enter only if they rank above the current k-th best (larger,
+// or a number where a NaN is kept: NaN ranks below every number; among equal values
+// the lower index wins). bias may be null.
 void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const float* bias,
                       float inv_tau, int64_t offset, int64_t k, float* heap_vals,
                       int64_t* heap_idx, int threads);
 
-// Sort each row's heap: values descending, ties by ascending index.
+// Sort each row's heap: values descending, ties by ascending index, NaN last.
 void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, int threads);
 
 // bank[idx[b]] = normalize(m * bank[idx[b]] + (1 - m) * emb[b]) for b < B; idx unique.

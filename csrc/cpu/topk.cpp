@@ -11,9 +11,13 @@ namespace llp::cpu {
 
 namespace {
 
-// "a is worse than b": smaller value, or equal value and larger index.
+// "a ranks below b": a NaN value below every number (even -inf), else the smaller value,
+// and among equal values (or two NaNs) the larger index.
 inline bool worse(float va, int64_t ia, float vb, int64_t ib) {
-  return va < vb || (va == vb && ia > ib);
+  const bool nan_a = va != va, nan_b = vb != vb;
+  if (nan_a != nan_b) return nan_a;
+  if (!nan_a && va != vb) return va < vb;
+  return ia > ib;
 }
 
 void sift_down(float* v, int64_t* ix, int64_t k, int64_t pos) {
@@ -66,9 +70,10 @@ void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const
       hi[pos] = offset + j;
       sift_up(hv, hi, pos);
     }
+    // Filter phase, one block of columns at a time: a vectorised max (which skips NaN)
+    // decides whether the block can hold anything better than the current k-th best.
+    // While that k-th best is a NaN, every number beats it: blocks go element by element.
     float threshold = hv[0];
-    // Filter phase, one block of columns at a time: a vectorised max decides whether
-    // the block can hold anything better than the current k-th best.
     for (; j < n; j += kFilterBlock) {
       const int64_t end = std::min(n, j + kFilterBlock);
       float block_max = -__builtin_inff();
@@ -85,10 +90,11 @@ void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const
           block_max = v > block_max ? v : block_max;
         }
       }
-      if (!(block_max > threshold)) continue;
+      const bool nan_kept = threshold != threshold;
+      if (!nan_kept && !(block_max > threshold)) continue;
       for (int64_t c = j; c < end; ++c) {
         const float v = row[c] * inv_tau - (bias ? bias[c] : 0.0f);
-        if (v > threshold) {
+        if (worse(hv[0], hi[0], v, offset + c)) {
           hv[0] = v;
           hi[0] = offset + c;
           sift_down(hv, hi, k, 0);

@@ -90,26 +90,33 @@ aggregation_forward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
       float vals[BN / 32];
       bool same[BN / 32];
       float tile_max = -INFINITY, tile_max_same = -INFINITY;
+      bool bad = false, bad_same = false;  // a non-finite logit (NaN or inf input): NaN sums
 #pragma unroll
       for (int j = 0; j < BN / 32; ++j) {
         const int c = lane + 32 * j;
         const bool ok = t0 + c < hi;
-        vals[j] = ok ? strip[r * lds + c] * scale2 : -INFINITY;
+        const float x = ok ? strip[r * lds + c] * scale2 : -INFINITY;
+        const bool finite = isfinite(x);
         same[j] = ok && Ls[c] == label;
+        bad |= ok && !finite;
+        bad_same |= same[j] && !finite;
+        vals[j] = finite ? x : -INFINITY;
         tile_max = fmaxf(tile_max, vals[j]);
         if (same[j]) tile_max_same = fmaxf(tile_max_same, vals[j]);
       }
       tile_max = warp_max(tile_max);
       tile_max_same = warp_max(tile_max_same);
+      bad = __any_sync(kFull, bad);
+      bad_same = __any_sync(kFull, bad_same);
       const float m_old = __shfl_sync(kFull, m_all, r), s_old = __shfl_sync(kFull, s_all, r);
       const float ms_old = __shfl_sync(kFull, m_same, r), ss_old = __shfl_sync(kFull, s_same, r);
 
-      const float m_new = fmaxf(m_old, tile_max);  // finite: the tile has a valid column
+      const float m_new = fmaxf(m_old, tile_max);
       float sum = 0.0f;
 #pragma unroll
       for (int j = 0; j < BN / 32; ++j) sum += exp2f(vals[j] - m_new);
       sum = warp_sum(sum);
-      const float s_new = s_old * exp2f(m_old - m_new) + sum;
+      const float s_new = bad ? NAN : s_old * exp2f(m_old - m_new) + sum;
 
       const float ms_new = fmaxf(ms_old, tile_max_same);
       float ss_new = ss_old;
@@ -119,6 +126,7 @@ aggregation_forward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
         for (int j = 0; j < BN / 32; ++j) ssum += same[j] ? exp2f(vals[j] - ms_new) : 0.0f;
         ss_new = ss_old * exp2f(ms_old - ms_new) + warp_sum(ssum);
       }
+      if (bad_same) ss_new = NAN;
       if (lane == r) {
         m_all = m_new;
         s_all = s_new;

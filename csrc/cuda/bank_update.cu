@@ -35,7 +35,8 @@ __global__ void bank_update_kernel(BankT* __restrict__ bank, int64_t D,
     sq += x * x;
   }
   for (int off = 16; off > 0; off >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, off);
-  const float inv_norm = 1.0f / fmaxf(sqrtf(sq), 1e-12f);
+  // A mix that is not finite (a NaN or inf input) makes the whole row NaN.
+  const float inv_norm = isfinite(sq) ? 1.0f / fmaxf(sqrtf(sq), 1e-12f) : __int_as_float(0x7fc00000);
   // Each lane rewrites only the elements it read, so re-reading them here is safe.
   for (int64_t d = lane; d < D; d += 32) {
     const float x = momentum * Dev<BankT>::load(row + d) + (1.0f - momentum) * Dev<EmbT>::load(v + d);

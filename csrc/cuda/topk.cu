@@ -33,14 +33,16 @@ namespace {
 
 using namespace tiles;
 
-constexpr int64_t kSentinel = static_cast<int64_t>(0x807FFFFF00000000ULL);  // pack(-inf, 2^32-1)
+// Padding: below every real key, NaN scores included (the smallest int64).
+constexpr int64_t kSentinel = static_cast<int64_t>(0x8000000000000000ULL);
 
 // Queries per block: fewer for the largest kept lists, whose shared memory grows with KP.
 constexpr int topk_rows(int kp) { return kp >= 256 ? 16 : 32; }
 
+// A NaN score ranks below every number: its high half is INT32_MIN + 1 (above padding).
 __device__ inline int64_t pack(float value, int64_t column) {
   const int32_t bits = __float_as_int(value);
-  const uint32_t ordered = static_cast<uint32_t>(bits >= 0 ? bits : bits ^ 0x7FFFFFFF);
+  const uint32_t ordered = value != value ? 0x80000001u : static_cast<uint32_t>(bits >= 0 ? bits : bits ^ 0x7FFFFFFF);
   return static_cast<int64_t>((static_cast<uint64_t>(ordered) << 32) |
                               static_cast<uint32_t>(0xFFFFFFFFLL - column));
 }

@@ -3,9 +3,10 @@ final merge.
 
 A kernel reports each kept score as one int64 key: the fp32 bits made order-preserving
 in the high 32 bits and ``2^32 - 1 - j`` in the low 32, so a larger key is a larger
-score and, among equal scores, a lower index j (keys therefore need N < 2^32). Kernels
-that split the keys into S slices write candidates [S, Q, KP]; ``finish`` merges them,
-re-scores 16-bit candidates in fp32 and returns the final k.
+score and, among equal scores, a lower index j (keys therefore need N < 2^32). A NaN
+score gets the high half ``NAN_ORDERED``, below every number; padding (``SENTINEL_ORDERED``)
+sits below that. Kernels that split the keys into S slices write candidates [S, Q, KP];
+``finish`` merges them, re-scores 16-bit candidates in fp32 and returns the final k.
 """
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..reference import rank_descending
+
 RESCORE_MARGIN = 8  # extra candidates kept for 16-bit keys, re-scored in fp32
+SENTINEL_ORDERED = -2**31      # padding: below everything
+NAN_ORDERED = -2**31 + 1       # a NaN score: below every number, above padding
 
 
 def unpack(keys: Tensor) -> Tuple[Tensor, Tensor]:
     """int64 keys -> (fp32 values, int64 indices)."""
     ordered = (keys >> 32).to(torch.int32)
     bits = torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return bits.view(torch.float32), 4294967295 - (keys & 0xFFFFFFFF)
+    values = torch.where(ordered <= NAN_ORDERED, float("nan"), bits.view(torch.float32))
+    return values, 4294967295 - (keys & 0xFFFFFFFF)
 
 
 def finish(candidates: Tensor, queries: Tensor, keys: Tensor, k: int, tau: float,
@@ -40,8 +46,8 @@ def finish(candidates: Tensor, queries: Tensor, keys: Tensor, k: int, tau: float
         exact = torch.einsum("qd,qcd->qc", queries.float(), keys[indices].float()) / tau
         if key_bias is not None:
             exact = exact - key_bias[indices]
-        values, order = torch.sort(exact, dim=1, descending=True, stable=True)
-        indices = torch.gather(indices, 1, order)
+        order = rank_descending(exact)
+        values, indices = torch.gather(exact, 1, order), torch.gather(indices, 1, order)
     return values[:, :k].contiguous(), indices[:, :k].contiguous()
 
 

@@ -53,12 +53,16 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     for start in range(lo, hi, BLOCK_N):
         rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau,
                                          BLOCK_N, BLOCK_D, PRECISION, WIDEN)
-        s = tl.where(n_ok[None, :], s, float("-inf"))
         same = same_label(bank_labels_ptr, rn, n_ok, q_label)
+        # Non-finite logits (from a NaN or inf input) are left out of the maxima and sums
+        # and flagged instead: they make the row's sums NaN, for good.
+        bad = (s - s != 0.0) & n_ok[None, :]
+        s = tl.where(n_ok[None, :] & ~bad, s, float("-inf"))
 
         new_m = tl.maximum(m_all, tl.max(s, 1))
         p = tl.exp(s - new_m[:, None])
         s_all = s_all * tl.exp(m_all - new_m) + tl.sum(p, 1)
+        s_all = tl.where(tl.max(bad.to(tl.int32), 1) > 0, float("nan"), s_all)
         m_all = new_m
 
         tile_max_same = tl.max(tl.where(same, s, float("-inf")), 1)
@@ -70,7 +74,9 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
         else:
             contrib = tl.sum(tl.where(same, p, 0.0), 1) * tl.exp(new_m - new_m_same)
         contrib = tl.where(has_same, contrib, 0.0)
-        s_same = tl.where(new_m_same > float("-inf"), s_same * tl.exp(m_same - new_m_same), 0.0) + contrib
+        # s_same * 0 keeps an earlier NaN flag while no same-label logit has been seen.
+        s_same = tl.where(new_m_same > float("-inf"), s_same * tl.exp(m_same - new_m_same), s_same * 0.0) + contrib
+        s_same = tl.where(tl.max((bad & same).to(tl.int32), 1) > 0, float("nan"), s_same)
         m_same = new_m_same
 
     out = pid_s * B + rb
@@ -107,7 +113,8 @@ def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
         same = same_label(bank_labels_ptr, rn, n_ok, q_label)
         p_all = tl.exp(s - lse_all[:, None])
         p_same = tl.where(same, tl.exp(s - lse_same[:, None]), 0.0)
-        w = tl.where(n_ok[None, :], scale[:, None] * (p_all - p_same), 0.0)
+        # scale 0: no gradient, exactly (not 0 times an overflowed exponential)
+        w = tl.where(n_ok[None, :] & (scale[:, None] != 0.0), scale[:, None] * (p_all - p_same), 0.0)
         acc += tl.dot(w.to(bank_ptr.dtype.element_ty).to(k.dtype), k, input_precision=PRECISION)
 
     out = dq_ptr + (pid_s * B + rb)[:, None].to(tl.int64) * D + rd[None, :]

@@ -21,8 +21,10 @@ def _bank_update_kernel(bank_ptr, indices_ptr, emb_ptr, D, momentum, BLOCK_D: tl
     old = tl.load(target, mask=d_ok, other=0.0).to(tl.float32)
     new = tl.load(emb_ptr + b.to(tl.int64) * D + rd, mask=d_ok, other=0.0).to(tl.float32)
     mixed = momentum * old + (1.0 - momentum) * new
-    norm = tl.sqrt(tl.sum(mixed * mixed, 0))
-    out = mixed / tl.maximum(norm, 1e-12)
+    sq = tl.sum(mixed * mixed, 0)
+    norm = tl.sqrt(sq)
+    # a mix that is not finite (a NaN or inf input) makes the whole row NaN
+    out = tl.where(sq - sq == 0.0, mixed / tl.maximum(norm, 1e-12), float("nan"))
     tl.store(target, out.to(bank_ptr.dtype.element_ty), mask=d_ok)
 
 

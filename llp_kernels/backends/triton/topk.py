@@ -25,19 +25,18 @@ from .._packed_topk import finish, kept_size
 from ._launch import (blocks, input_precision, launch_options, load_rows, similarity_tile,
                       split_n, widen_16bit)
 
+# The padding key: (SENTINEL_ORDERED << 32) with the worst index, i.e. the smallest int64.
+SENTINEL = tl.constexpr(-2**63)
+
+
 @triton.jit
 def _pack(values, columns):
-    """(fp32 value, int column) -> int64 key, increasing with value, then with -column."""
+    """(fp32 value, int column) -> int64 key, increasing with value, then with -column;
+    NaN values get NAN_ORDERED (below every number)."""
     bits = values.to(tl.int32, bitcast=True)
     ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    ordered = tl.where(values != values, -2147483647, ordered)
     return (ordered.to(tl.int64) << 32) + (4294967295 - columns.to(tl.int64))
-
-
-@triton.jit
-def _unpack_value(keys):
-    ordered = (keys >> 32).to(tl.int32)
-    bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -51,15 +50,10 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
     q_ok = rq < Q
     q = load_rows(q_ptr, rq, Q, D, BLOCK_D, WIDEN)
 
-    # Sentinel: below every real key (value -inf with the worst possible index).
-    sentinel = _pack(tl.full([BLOCK_Q, KP], float("-inf"), tl.float32),
-                     tl.full([BLOCK_Q, KP], 4294967295, tl.int64))
-    best = sentinel
-    # Masked columns may be real indices of a neighbouring slice: they must rank below
-    # every real key, so they become sentinels too.
-    tile_sentinel = _pack(tl.full([BLOCK_Q, BLOCK_N], float("-inf"), tl.float32),
-                          tl.full([BLOCK_Q, BLOCK_N], 4294967295, tl.int64))
-    threshold = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    # Padding keys (SENTINEL_ORDERED, worst index) rank below every real key, NaN included;
+    # masked columns may be real indices of a neighbouring slice, so they become padding.
+    best = tl.full([BLOCK_Q, KP], SENTINEL, tl.int64)
+    floor = tl.full([BLOCK_Q], SENTINEL, tl.int64)  # per row: the KP-th best key so far
     lo = pid_s * n_per_split
     hi = tl.minimum(lo + n_per_split, N)
     for start in range(lo, hi, BLOCK_N):
@@ -67,15 +61,15 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_t
                                          BLOCK_N, BLOCK_D, PRECISION, WIDEN)
         if HAS_BIAS:
             s = s - tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        # Threshold filter: merge only when some row has a score reaching its KP-th best.
-        hits = tl.sum((tl.max(s, 1) >= threshold).to(tl.int32), 0)
+        columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
+        packed = tl.where(n_ok[None, :], _pack(s, columns), SENTINEL)
+        # Threshold filter on the packed keys (exact, NaN-safe): merge only when some row
+        # has a key above its KP-th best.
+        hits = tl.sum((tl.max(packed, 1) > floor).to(tl.int32), 0)
         if hits > 0:
-            columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
-            packed = tl.where(n_ok[None, :], _pack(s, columns), tile_sentinel)
             tile_best = tl.topk(packed, KP)
             best = tl.topk(tl.reshape(tl.join(best, tile_best), (BLOCK_Q, 2 * KP)), KP)
-            threshold = _unpack_value(tl.min(best, 1))
+            floor = tl.min(best, 1)
 
     out = out_ptr + (pid_s * Q + rq)[:, None].to(tl.int64) * KP + tl.arange(0, KP)[None, :]
     tl.store(out, best, mask=q_ok[:, None])
