@@ -3,7 +3,7 @@
 Supervised: forward, cross-entropy, backward, SGD step. LLP: forward, the confidence-
 weighted cross-entropy + aggregation loss over the whole memory bank, backward, SGD
 step, the bank update and re-propagation of the batch's pseudo-labels (paper section 3,
-DESIGN 4). CPU: the built-in digits model (small conv net, B = 128, its 1,438-row bank).
+appendix A). CPU: the built-in digits model (small conv net, B = 128, its 1,438-row bank).
 GPU: ResNet-18 at batch 128 on 224 px images with a 1.28M-row bank, 10% labeled.
 The report divides the two medians.
 """
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llp.algorithm import LLPConfig, LLPState
+from llp.bank import LocalBank
 from llp.model import parameter_groups, resnet18, small_convnet
 
 from .harness import info, measure, unit_rows
@@ -39,8 +40,8 @@ def test_train_step(benchmark, method, device, peaks):
     idx = torch.randperm(N, generator=g)[:B].to(device)
     true_labels = torch.randint(0, classes, (N,), generator=g).to(device)
     labeled = (torch.rand(N, generator=g) < 0.1).to(device)
-    state = LLPState(unit_rows(N, 128, "float32", device, seed=1), true_labels, labeled, classes,
-                     LLPConfig())
+    bank = LocalBank(unit_rows(N, 128, "float32", device, seed=1), tau=0.07, momentum=0.5)
+    state = LLPState(bank, true_labels, labeled, classes, LLPConfig())
     if method == "llp":
         state.update_density()
         state.propagate()

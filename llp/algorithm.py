@@ -1,63 +1,60 @@
 """The LLP algorithm's state and its two alternating steps (paper section 3), written
-against the public ``llp_kernels`` API only.
+against a memory bank (``llp.bank``: one process or sharded, the same interface) whose
+similarity work goes through the public ``llp_kernels`` API.
 
-State over the N training examples: the memory bank [N, D] (running average of
-embeddings), the current label of every example (true for labeled, propagated for
-unlabeled), its confidence (1 for labeled), and the log local density of the labeled
-rows.
+State over the N training examples: the bank [N, D] (running average of embeddings),
+the current label of every example (true for labeled, propagated for unlabeled), its
+confidence (1 for labeled), and the log local density of the labeled rows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-import llp_kernels as lk
 
-
-@dataclass
+@dataclass(frozen=True)
 class LLPConfig:
     tau: float = 0.07
     k: int = 10
     t: int = 25
-    momentum: float = 0.5
     density_weighting: bool = True   # False: NoDW ablation (plain weighted kNN)
     use_confidence: bool = True      # False: NoC ablation (every weight 1)
     density_over: str = "unlabeled"  # or "all" (the authors' release)
-    backend: str = "auto"
 
 
 class LLPState:
-    def __init__(self, bank: Tensor, true_labels: Tensor, labeled: Tensor, num_classes: int,
-                 config: LLPConfig):
-        self.config = config
-        self.num_classes = num_classes
-        self.bank = bank                                   # [N, D], unit rows
-        self.labeled = labeled                             # bool [N]
+    def __init__(self, bank, true_labels: Tensor, labeled: Tensor, num_classes: int, config: LLPConfig):
+        """``true_labels`` [N] int64 (only the ``labeled`` rows' are read), ``labeled`` bool [N]."""
+        self.bank, self.config, self.num_classes = bank, config, num_classes
+        self.labeled = labeled
         self.labeled_idx = torch.nonzero(labeled).flatten()
         self.unlabeled_idx = torch.nonzero(~labeled).flatten()
+        if self.labeled_idx.numel() == 0:
+            raise ValueError("no labeled examples: at least one per class is needed")
+        known = true_labels[self.labeled_idx]
+        if int(known.min()) < 0 or int(known.max()) >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes})")
         self.labels = torch.where(labeled, true_labels, torch.zeros_like(true_labels))
         self.confidence = labeled.float()
         self.log_density: Optional[Tensor] = None
-        self._instance_labels: Optional[Tensor] = None
-        # Ground-truth labels of labeled rows, validated once here.
-        lk_labels = self.labels[self.labeled_idx]
-        if lk_labels.numel() == 0:
-            raise ValueError("no labeled examples: at least one per class is needed")
-        if int(lk_labels.min()) < 0 or int(lk_labels.max()) >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes})")
+        self.instance_labels = torch.arange(bank.rows, device=labeled.device)
 
     def state_dict(self) -> dict:
-        return {"bank": self.bank, "labels": self.labels, "confidence": self.confidence,
+        """Everything but the bank, whose rows may be spread over processes: the caller
+        gathers it (``bank.gather()``) when it needs it whole."""
+        return {"labels": self.labels, "confidence": self.confidence,
                 "log_density": self.log_density, "labeled": self.labeled}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["bank"].shape != self.bank.shape or not torch.equal(state["labeled"], self.labeled):
+        if state["labels"].shape != self.labels.shape or not torch.equal(state["labeled"], self.labeled):
             raise ValueError("checkpoint state does not match this data split")
-        self.bank.copy_(state["bank"])
-        self.labels.copy_(state["labels"])
+        labels = state["labels"]
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise ValueError(f"checkpoint labels must lie in [0, {self.num_classes})")
+        self.labels.copy_(labels)
         self.confidence.copy_(state["confidence"])
         self.log_density = state["log_density"]
 
@@ -65,69 +62,62 @@ class LLPState:
     def update_density(self) -> None:
         """log rho(v_i) for every labeled row over its T nearest unlabeled rows (eq. 4)."""
         cfg = self.config
-        if not cfg.density_weighting:
+        others = None if cfg.density_over == "all" else self.unlabeled_idx
+        count = self.bank.rows if others is None else others.numel()
+        if not cfg.density_weighting or count == 0:
             self.log_density = None
             return
-        labeled = self.bank[self.labeled_idx]
-        others = self.bank if cfg.density_over == "all" else self.bank[self.unlabeled_idx]
-        if others.shape[0] == 0:
-            self.log_density = None
-            return
-        t = min(cfg.t, others.shape[0])
-        self.log_density = lk.local_density(labeled, others, t=t, tau=cfg.tau,
-                                            backend=cfg.backend)
+        self.log_density = self.bank.log_density(self.labeled_idx, others, min(cfg.t, count))
 
-    def propagate(self, idx: Optional[Tensor] = None) -> None:
-        """Pseudo-labels and confidences for the unlabeled examples among ``idx``
-        (all of them when None) from their bank rows (eq. 5); labeled ones keep theirs."""
-        cfg = self.config
-        targets = self.unlabeled_idx if idx is None else idx[~self.labeled[idx]]
-        if targets.numel() == 0:
-            return
-        k = min(cfg.k, self.labeled_idx.numel())
-        labels, conf = lk.propagate_labels(
-            self.bank[targets], self.bank[self.labeled_idx], self.labels[self.labeled_idx],
-            self.log_density, k=k, tau=cfg.tau, num_classes=self.num_classes,
-            backend=cfg.backend)
-        self.labels[targets] = labels
-        self.confidence[targets] = conf
+    def propagate(self, idx: Optional[Tensor] = None, queries: Optional[Tensor] = None) -> None:
+        """Pseudo-labels and confidences (eq. 5) for the unlabeled examples among ``idx``
+        (this process's batch; all examples when None), from ``queries`` (the batch's
+        embeddings) or else their bank rows; labeled examples keep theirs."""
+        if idx is None:
+            targets = self.unlabeled_idx
+            if targets.numel() == 0:
+                return
+            queries = self.bank.fetch(targets)
+        elif queries is None:
+            (targets,) = self.bank.whole_step(idx)
+            queries = self.bank.fetch(targets)
+        else:
+            targets, queries = self.bank.whole_step(idx, queries.detach().float())
+        labels, conf = self.bank.propagate(queries, self.labeled_idx, self.labels[self.labeled_idx],
+                                           self.log_density, min(self.config.k, self.labeled_idx.numel()),
+                                           self.num_classes)
+        self._assign(targets, labels, conf)
 
     def set_labels_from_classifier(self, idx: Tensor, logits: Tensor) -> None:
         """The authors' release: pseudo-labels from the classifier head (an ablation)."""
         conf, label = torch.softmax(logits.detach().float(), dim=1).max(dim=1)
-        idx, label, conf = self._whole_batch(idx, label, conf)
-        unlabeled = ~self.labeled[idx]
-        self.labels[idx[unlabeled]] = label[unlabeled]
-        self.confidence[idx[unlabeled]] = conf[unlabeled]
+        self._assign(*self.bank.whole_step(idx, label, conf))
 
-    def _whole_batch(self, *per_example: Tensor):
-        """Per-example tensors of the whole step's batch (one process: this batch)."""
-        return per_example
+    def _assign(self, targets: Tensor, labels: Tensor, conf: Tensor) -> None:
+        """New labels for ``targets``; labeled examples keep their true label and conf 1
+        (no boolean indexing: no shape that depends on the data)."""
+        keep = self.labeled[targets]
+        self.labels[targets] = torch.where(keep, self.labels[targets], labels)
+        self.confidence[targets] = torch.where(keep, self.confidence[targets], conf)
 
     # -- representation learning -------------------------------------------------------
-    def loss(self, idx: Tensor, embedding: Tensor, logits: Tensor):
-        """mean_b c_b * (CE(logits_b, y_b) + L_A(v_b)); returns (loss, ce, agg) means."""
-        cfg = self.config
+    def loss(self, idx: Tensor, embedding: Tensor, logits: Tensor,
+             unlabeled_weight: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
+        """mean_b w_b * (CE(logits_b, y_b) + L_A(v_b)) with w_b = c_b (1 for labeled rows,
+        ``unlabeled_weight`` * c_b for pseudo-labeled ones); returns (loss, ce, agg) means."""
         y = self.labels[idx]
-        weight = self.confidence[idx] if cfg.use_confidence else torch.ones_like(self.confidence[idx])
+        weight = self.confidence[idx] if self.config.use_confidence else torch.ones_like(self.confidence[idx])
+        if unlabeled_weight != 1.0:
+            weight = torch.where(self.labeled[idx], weight, weight * unlabeled_weight)
         ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        agg = self._aggregation(embedding, y)
+        agg = self.bank.aggregation_loss(embedding, y, self.labels)
         total = (weight * (ce + agg)).mean()
         return total, ce.mean().detach(), agg.mean().detach()
 
     def instance_loss(self, idx: Tensor, embedding: Tensor) -> Tensor:
         """Instance-recognition warm-up (Wu et al. 2018): the aggregation loss with every
         example its own class, i.e. -log P(bank row idx_b | v_b); returns the batch mean."""
-        return self._aggregation(embedding, idx, instance=True).mean()
-
-    def _aggregation(self, embedding: Tensor, query_labels: Tensor, instance: bool = False) -> Tensor:
-        """Per-query L_A [B] against the whole bank; ``instance``: bank row j has label j."""
-        if instance and self._instance_labels is None:
-            self._instance_labels = torch.arange(self.bank.shape[0], device=self.bank.device)
-        bank_labels = self._instance_labels if instance else self.labels
-        return lk.aggregation_loss(embedding, self.bank, bank_labels, query_labels,
-                                   tau=self.config.tau, backend=self.config.backend)
+        return self.bank.aggregation_loss(embedding, idx, self.instance_labels).mean()
 
     def update_bank(self, idx: Tensor, embedding: Tensor) -> None:
-        lk.update_memory_bank_(self.bank, idx, embedding.detach(), momentum=self.config.momentum,
-                               backend=self.config.backend)
+        self.bank.update(idx, embedding)

@@ -22,6 +22,10 @@ from torch import Tensor
 TEST_SPLIT_SEED = 12345  # the held-out test set never moves with --seed
 
 
+class DataError(ValueError):
+    """Input data that cannot be used (a file that does not decode, say): one line."""
+
+
 class TensorSource:
     """Inputs held in memory as one tensor [N, ...], with an optional batch augmentation."""
 

@@ -28,14 +28,20 @@ def accuracy_metrics(logits: Tensor, y: Tensor, num_classes: int) -> Dict[str, f
             "test_balanced_acc": sum(per_class) / len(per_class)}
 
 
-def pseudo_label_metrics(state, true_labels: Tensor, known: bool = True) -> Dict[str, float]:
-    """Accuracy against the hidden ground truth and mean confidence of the unlabeled
-    examples' current labels; NaN when there are none or none were assigned yet."""
+def pseudo_label_metrics(state, true_labels: Tensor) -> Dict[str, float]:
+    """The unlabeled examples' current labels against the hidden ground truth: accuracy,
+    mean confidence, and the accuracy and share of those with confidence above 0.9
+    (NaN when there are none)."""
     u = state.unlabeled_idx
-    if u.numel() == 0 or not known:
-        return {"pseudo_acc": float("nan"), "pseudo_conf": float("nan")}
-    return {"pseudo_acc": (state.labels[u] == true_labels[u]).float().mean().item(),
-            "pseudo_conf": state.confidence[u].mean().item()}
+    if u.numel() == 0:
+        return {"pseudo_acc": float("nan"), "pseudo_conf": float("nan"),
+                "pseudo_acc_conf90": float("nan"), "pseudo_frac_conf90": float("nan")}
+    right = state.labels[u] == true_labels[u]
+    sure = state.confidence[u] > 0.9
+    return {"pseudo_acc": right.float().mean().item(),
+            "pseudo_conf": state.confidence[u].mean().item(),
+            "pseudo_acc_conf90": right[sure].float().mean().item() if bool(sure.any()) else float("nan"),
+            "pseudo_frac_conf90": sure.float().mean().item()}
 
 
 def aggregation_metric(bank: Tensor, true_labels: Tensor, num_classes: int) -> float:

@@ -90,7 +90,9 @@ class ResNet18Trunk(nn.Module):
 
 
 def resnet18(num_classes: int, embed_dim: int = 128, image_size: int = 224) -> TwoHeadNet:
-    return TwoHeadNet(ResNet18Trunk(small_images=image_size < 96), 512, num_classes, embed_dim)
+    """ResNet-18 (torchvision's when it imports, else ``ResNet18Trunk``) with both heads."""
+    from .vision import resnet18_trunk
+    return TwoHeadNet(resnet18_trunk(small_images=image_size < 96), 512, num_classes, embed_dim)
 
 
 def build_model(kind: str, input_shape: tuple, num_classes: int) -> TwoHeadNet:

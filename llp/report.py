@@ -8,7 +8,6 @@ run directories are drawn on the same axes, one line each. Figures go to
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Dict, List
@@ -16,21 +15,26 @@ from typing import Dict, List
 FIGURES = {
     "loss": ("training loss", ["train_loss", "train_ce", "train_agg"]),
     "test_accuracy": ("test accuracy", ["test_top1", "test_top5", "test_balanced_acc"]),
-    "pseudo_labels": ("unlabeled examples' labels", ["pseudo_acc", "pseudo_conf"]),
+    "pseudo_labels": ("unlabeled examples' labels", ["pseudo_acc", "pseudo_conf", "pseudo_acc_conf90",
+                                                     "pseudo_frac_conf90"]),
     "aggregation": ("aggregation metric (paper fig. 2b)", ["aggregation"]),
     "density_count": ("Pearson r: class density vs pseudo-label count (paper fig. 3)", ["density_count_r"]),
     "lr": ("learning rate", ["lr"]),
 }
 
 
+STYLES = ["-", "--", ":", "-."]
+
+
 def read_metrics(run_dir: Path) -> List[Dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise SystemExit(f"error: {run_dir}: no metrics.jsonl (is it a run directory of llp.train?)")
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"error: {path}: not JSON lines ({exc})")
+    from .checkpoint import read_metrics as read_lines
+    records = read_lines(path)
+    if not records and path.read_text().strip():
+        raise SystemExit(f"error: {path}: not JSON lines of llp.train")
+    return records
 
 
 def plot_runs(runs: Dict[str, List[Dict]], out: Path) -> List[Path]:
@@ -45,12 +49,15 @@ def plot_runs(runs: Dict[str, List[Dict]], out: Path) -> List[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         drawn = 0
         for run, records in runs.items():
-            for key in keys:
+            for j, key in enumerate(keys):
                 points = [(r["epoch"], r[key]) for r in records
                           if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
                 if points:
                     label = key if len(runs) == 1 else f"{run}: {key}"
-                    ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=label)
+                    # lines that coincide (top-1 and balanced accuracy, say) stay visible:
+                    # each key has its own dash pattern and width, the first drawn widest
+                    ax.plot(*zip(*points), linestyle=STYLES[j % len(STYLES)], linewidth=2.4 - 0.5 * j,
+                            marker="." if len(points) < 30 else None, label=label)
                     drawn += 1
         if drawn:
             ax.set_title(title)

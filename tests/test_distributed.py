@@ -1,7 +1,7 @@
 """The bank sharded over processes (``torchrun``) computes what one process computes:
-two gloo processes on CPU, each holding half the bank, against ``LLPState`` with the
-whole bank; then ``torchrun -m llp.train`` end to end, and its checkpoint resumed by a
-single process."""
+two gloo processes on CPU, each holding half the bank (``ShardedBank``), against
+``LLPState`` over a ``LocalBank`` with the whole bank; then ``torchrun -m llp.train`` end to
+end, and its checkpoint resumed by a single process."""
 import json
 import os
 import socket
@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llp.algorithm import LLPConfig, LLPState
+from llp.bank import LocalBank, ShardedBank
 from llp.distributed import Group, setup, teardown
-from llp.sharded import ShardedLLPState
 
 REPO = Path(__file__).resolve().parents[1]
 N, D, C, BATCH = 203, 32, 5, 41
@@ -63,10 +63,11 @@ def _sharded_state_matches(rank, world, group):
     labeled = torch.rand(N, generator=g) < 0.3
     labeled[:C] = True
     true[:C] = torch.arange(C)
-    cfg = LLPConfig(k=4, t=6, backend="cpu")
+    cfg = LLPConfig(k=4, t=6)
     rows = group.shard(N)
-    full = LLPState(bank.clone(), true, labeled, C, cfg)
-    sharded = ShardedLLPState(bank[rows.start:rows.stop].clone(), true, labeled, C, cfg, group)
+    full = LLPState(LocalBank(bank.clone(), 0.07, 0.5, "cpu"), true, labeled, C, cfg)
+    sharded = LLPState(ShardedBank(bank[rows.start:rows.stop].clone(), N, group, 0.07, 0.5, "cpu"),
+                       true, labeled, C, cfg)
 
     full.update_density(), sharded.update_density()
     close(sharded.log_density, full.log_density)
@@ -95,16 +96,20 @@ def _sharded_state_matches(rank, world, group):
         close(e_mine.grad, e_full.grad[mine])
 
     full.update_bank(idx, emb), sharded.update_bank(idx[mine], emb[mine])
-    close(sharded.bank, full.bank)
+    close(sharded.bank.gather(), full.bank.gather())
     full.propagate(idx), sharded.propagate(idx[mine])
     assert torch.equal(sharded.labels, full.labels)
+    fresh = torch.nn.functional.normalize(torch.randn(BATCH, D, generator=g), dim=1)
+    full.propagate(idx, fresh), sharded.propagate(idx[mine], fresh[mine])  # from the step's embeddings
+    assert torch.equal(sharded.labels, full.labels)
+    close(sharded.confidence, full.confidence)
     full.set_labels_from_classifier(idx, logits), sharded.set_labels_from_classifier(idx[mine], logits[mine])
     assert torch.equal(sharded.labels, full.labels)
 
-    state = sharded.state_dict()
-    again = ShardedLLPState(torch.zeros(len(rows), D), true, labeled, C, cfg, group)
-    again.load_state_dict(state)
-    assert torch.equal(again.bank_shard, sharded.bank_shard)
+    again = LLPState(ShardedBank(torch.zeros(len(rows), D), N, group, 0.07, 0.5, "cpu"), true, labeled, C, cfg)
+    again.load_state_dict(sharded.state_dict())
+    again.bank.load(sharded.bank.gather())
+    assert torch.equal(again.bank.data, sharded.bank.data) and torch.equal(again.labels, sharded.labels)
 
 
 def _train_one_epoch(rank, world, port, run_dir):
@@ -114,7 +119,7 @@ def _train_one_epoch(rank, world, port, run_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from llp.train import main
-    record = main(["--quiet", "--epochs", "1", "--lr-drops", "", "--run-dir", run_dir])
+    record = main(["--quiet", "--epochs", "1", "--warmup-epochs", "0", "--lr-drops", "", "--run-dir", run_dir])
     assert record["epoch"] == 1
     assert not dist.is_initialized()
     assert not _group_threads(), f"rank {rank}: the process group outlived the trainer: {_group_threads()}"
@@ -136,15 +141,16 @@ def test_torchrun_trains_and_a_single_process_resumes(tmp_path):
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     run_dir = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "llp.train", "--quiet", "--epochs", "2", "--lr-drops", "", "--run-dir",
-                             str(run_dir)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                             "-m", "llp.train", "--quiet", "--epochs", "2", "--warmup-epochs", "1", "--lr-drops", "",
+                             "--run-dir", str(run_dir)], env=env, capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2]  # written once, by rank 0
+    assert [l["epoch"] for l in lines] == [1, 2, 3]  # written once, by rank 0 (a warm-up epoch first)
     assert lines[-1]["pseudo_acc"] > 0.3
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["llp"]["bank"].shape == (1438, 128)  # the whole bank, gathered
     resumed = subprocess.run([sys.executable, "-m", "llp.train", "--quiet", "--resume", str(run_dir), "--epochs", "3"],
                              env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4

@@ -1,0 +1,258 @@
+"""The trainer's settings: one typed ``TrainConfig``, the command line that fills it, and
+the checks that turn a bad value into one line naming the flag.
+
+``parse(argv)`` returns the config and, with ``--resume``, the checkpoint it resumes: the
+saved run's settings win; a flag given again with another value is an error naming it,
+except ``RESUMABLE`` flags, which may change on resume (and say so).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import llp_kernels as lk
+
+from .schedule import LRSchedule, parse_boundaries
+
+BANK_DTYPES = ("float32", "bfloat16", "float16")
+# Flags that may change when a run resumes: how long, how verbose, where, with which
+# kernels, and what to export at the end.
+RESUMABLE = ("epochs", "quiet", "device", "backend", "workers", "amp", "export_embeddings")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "llp"
+    data: Optional[str] = None
+    features: Optional[str] = None
+    labels: Optional[str] = None
+    labeled_fraction: float = 0.1
+    labeled_list: Optional[str] = None
+    test_fraction: float = 0.2
+    image_size: int = 224
+    workers: int = 4
+    follow_symlinks: bool = False
+    strict_images: bool = False
+    seed: int = 0
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_drops: str = "40,52"
+    plateau_patience: int = 5
+    rate_jump: str = ""
+    rate_jump_lr: float = 0.003
+    warmup_epochs: int = 60
+    warmup_objective: str = "supervised"
+    tau: float = 0.07
+    k: int = 10
+    t: int = 25
+    bank_momentum: float = 0.5
+    bank_dtype: str = "float32"
+    bank_init: str = "forward"
+    bank_refresh: str = "never"
+    propagate_from: str = "bank"
+    ramp_up_epochs: float = 20.0
+    no_density_weighting: bool = False
+    no_confidence: bool = False
+    pseudo_labels: str = "propagation"
+    density_over: str = "unlabeled"
+    backend: str = "auto"
+    device: str = "auto"
+    amp: bool = False
+    run_dir: Optional[str] = None
+    resume: Optional[str] = None
+    export_embeddings: Optional[str] = None
+    quiet: bool = False
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up epochs this run really has (supervised runs have none)."""
+        return self.warmup_epochs if self.method == "llp" else 0
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.method}-seed{self.seed}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULTS = TrainConfig()
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once: not for flags without one, nor when the help states it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line and a hint instead of argparse's usage block."""
+        self.exit(2, f"error: {message}\n(see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    p = _Parser(prog="python -m llp.train", formatter_class=_Help, description=(
+        "Local Label Propagation end to end (paper section 3, appendix A). Default: "
+        "scikit-learn's bundled digits (1,797 8x8 images), 10% labels, a small conv net."))
+    a = p.add_argument
+    a("--method", choices=["llp", "supervised"], default=d.method,
+      help="llp, or supervised: labeled examples only, same network and schedule")
+    g = p.add_argument_group("data (default: scikit-learn's digits)").add_argument
+    g("--data", metavar="DIR", help="image folder, one subfolder per class (or train/ and val/ of them); ResNet-18")
+    g("--features", metavar="X.npy", help="precomputed features [N, F]; an MLP")
+    g("--labels", metavar="Y.npy", help="true classes [N] of --features")
+    g("--labeled-fraction", type=float, default=d.labeled_fraction, help="fraction of training examples labeled, in (0, 1]")
+    g("--labeled-list", metavar="FILE", help="text file of training positions that are labeled (overrides --labeled-fraction)")
+    g("--test-fraction", type=float, default=d.test_fraction,
+      help="held-out stratified test fraction (a fixed split; not for image folders with val/)")
+    g("--image-size", type=int, default=d.image_size, help="--data: training crop size in pixels")
+    g("--workers", type=int, default=d.workers, help="--data: image-decoding threads")
+    g("--follow-symlinks", action="store_true", help="--data: follow links that point outside DIR")
+    g("--strict-images", action="store_true",
+      help="--data: a file that does not decode as an image is an error (default: skipped with a warning)")
+    g = p.add_argument_group("optimisation (paper appendix A)").add_argument
+    g("--seed", type=int, default=d.seed, help="seed of the labeled split, initialisation and batches")
+    g("--epochs", type=int, default=d.epochs, help="training epochs after the warm-up")
+    g("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    g("--lr", type=float, default=d.lr, help="initial SGD learning rate")
+    g("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    g("--weight-decay", type=float, default=d.weight_decay, help="weight decay (not on biases or norm layers)")
+    g("--lr-drops", default=d.lr_drops, help="epochs at which the lr drops x0.1, or 'plateau': three drops, "
+      "each when the training loss has not improved for --plateau-patience epochs")
+    g("--plateau-patience", type=int, default=d.plateau_patience, help="epochs without improvement before a plateau drop")
+    g("--rate-jump", default=d.rate_jump, help="rate-jump phase after the drops: 'E,E1,E2' (lr to --rate-jump-lr at "
+      "epoch E, x0.1 at E1 and E2) or 'plateau' (default: none)")
+    g("--rate-jump-lr", type=float, default=d.rate_jump_lr, help="lr at the start of the rate-jump phase")
+    g = p.add_argument_group("warm start (llp only)").add_argument
+    g("--warmup-epochs", type=int, default=d.warmup_epochs, help="warm-up epochs before LLP; 0: none")
+    g("--warmup-objective", choices=["supervised", "instance"], default=d.warmup_objective,
+      help="supervised: cross-entropy on the labeled rows (epochs over them, as --method supervised); "
+           "instance: instance recognition over every row (Wu et al. 2018)")
+    g = p.add_argument_group("LLP").add_argument
+    g("--tau", type=float, default=d.tau, help="temperature of the non-parametric softmax")
+    g("--k", type=int, default=d.k, help="K labeled neighbours that vote in propagation")
+    g("--t", type=int, default=d.t, help="T nearest unlabeled rows in the local density")
+    g("--bank-momentum", type=float, default=d.bank_momentum, help="memory-bank running-average momentum")
+    g("--bank-dtype", choices=BANK_DTYPES, default=d.bank_dtype, help="storage dtype of the memory bank")
+    g("--bank-init", choices=["forward", "random"], default=d.bank_init,
+      help="first bank: the initial network's embeddings, or random unit rows (Wu et al.)")
+    g("--bank-refresh", choices=["never", "start", "epoch"], default=d.bank_refresh,
+      help="rewrite the bank from a forward pass over the training rows when LLP starts (start), or also "
+           "at every epoch end followed by a full propagation (epoch); a supervised warm-up always refreshes at the start")
+    g("--propagate-from", choices=["bank", "batch"], default=d.propagate_from,
+      help="per-step propagation from the updated bank rows or from the step's own embeddings")
+    g("--ramp-up-epochs", type=float, default=d.ramp_up_epochs,
+      help="sigmoid ramp-up of the pseudo-labeled examples' loss weight over this many LLP epochs; 0: none")
+    g("--no-density-weighting", action="store_true", help="NoDW ablation: plain weighted kNN")
+    g("--no-confidence", action="store_true", help="NoC ablation: every loss weight is 1")
+    g("--pseudo-labels", choices=["propagation", "classifier"], default=d.pseudo_labels,
+      help="where pseudo-labels come from (classifier: what the authors' release did)")
+    g("--density-over", choices=["unlabeled", "all"], default=d.density_over,
+      help="density over the T nearest unlabeled rows (paper) or over all rows (release)")
+    g = p.add_argument_group("run").add_argument
+    g("--backend", choices=("auto",) + lk.BACKENDS, default=d.backend, help="llp_kernels backend")
+    g("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="where to train")
+    g("--amp", action="store_true", help="bf16 autocast for the network (CUDA; also allowed on CPU)")
+    g("--run-dir", metavar="DIR", help="output directory (default: runs/<method>-seed<seed>)")
+    g("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    g("--export-embeddings", metavar="DIR", help="after training, write the training rows' embeddings "
+      "(DIR/embeddings.npy), their labels with -1 for unlabeled (DIR/labels.npy) and their true classes "
+      "(DIR/true_labels.npy): the input of python -m llp.propagate")
+    g("--quiet", action="store_true", help="no progress bars or per-epoch lines (the final table still prints)")
+    return p
+
+
+def check(c: TrainConfig) -> None:
+    """One ValueError naming the flag for the first bad value."""
+    if not 0.0 < c.labeled_fraction <= 1.0:
+        raise ValueError(f"--labeled-fraction must lie in (0, 1], got {c.labeled_fraction}")
+    if not 0.0 < c.test_fraction < 1.0:
+        raise ValueError(f"--test-fraction must lie in (0, 1), got {c.test_fraction}")
+    for name in ("k", "t", "epochs", "batch_size", "image_size", "workers", "plateau_patience"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+    for name in ("warmup_epochs", "ramp_up_epochs"):
+        if getattr(c, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
+    for name in ("tau", "lr", "rate_jump_lr"):
+        if getattr(c, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(c, name)}")
+    if not 0.0 <= c.bank_momentum <= 1.0:
+        raise ValueError(f"--bank-momentum must lie in [0, 1], got {c.bank_momentum}")
+    LRSchedule(c.lr, parse_boundaries(c.lr_drops, "--lr-drops", 3), parse_boundaries(c.rate_jump, "--rate-jump", 3))
+    _check_paths(c)
+
+
+def _check_paths(c: TrainConfig) -> None:
+    if c.data and c.features:
+        raise ValueError("--data and --features are alternatives: give one")
+    if bool(c.features) != bool(c.labels):
+        raise ValueError("--features and --labels go together")
+    if c.data and not Path(c.data).is_dir():
+        raise ValueError(f"--data {c.data} is not a directory")
+    for flag, path in (("--labeled-list", c.labeled_list), ("--features", c.features), ("--labels", c.labels)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag} {path} does not exist")
+
+
+def _given(parser: argparse.ArgumentParser, argv: List[str]) -> dict:
+    """The flags written on the command line, with their parsed values."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if isinstance(action, argparse._StoreTrueAction):
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["type"] = action.type
+            quiet.add_argument(*action.option_strings, **kwargs)
+    return vars(quiet.parse_known_args(argv)[0])
+
+
+def parse(argv: Optional[List[str]] = None) -> Tuple[TrainConfig, Optional[dict]]:
+    """(config, checkpoint to resume or None); exits with one line on a bad flag."""
+    from .checkpoint import load_checkpoint
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    config, ckpt = TrainConfig(**vars(args)), None
+    if args.resume:
+        ckpt = load_checkpoint(Path(args.resume))
+        config = resumed_config(ckpt["config"], _given(parser, argv), args.resume)
+    try:
+        check(config)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, ckpt
+
+
+def resumed_config(saved: dict, given: dict, resume: str) -> TrainConfig:
+    """The saved settings (fields added since take today's defaults), with the
+    ``RESUMABLE`` flags given now; any other flag given with a new value is an error."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = {**DEFAULTS.to_dict(), **{k: v for k, v in saved.items() if k in known}}
+    for name, value in given.items():
+        if name in ("resume", "run_dir") or value == merged.get(name):
+            continue
+        if name not in RESUMABLE:
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(f"error: --resume {resume}: {flag} {value} differs from the saved run's "
+                             f"{merged.get(name)!r}; only {', '.join('--' + r for r in RESUMABLE)} may change on resume")
+        print(f"--resume: using --{name.replace('_', '-')} {value} (saved run: {merged.get(name)!r})",
+              file=sys.stderr)
+        merged[name] = value
+    merged.update(run_dir=resume, resume=resume)
+    return TrainConfig(**merged)
