@@ -2,8 +2,9 @@
 // data pointer (uintptr_t) plus sizes and a dtype code, already validated by the
 // Python layer (llp_kernels/_extension.py and the backends). Kernels release the GIL.
 #include <pybind11/pybind11.h>
-#include <omp.h>
+#include <thread>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -22,12 +23,14 @@ namespace {
 template <typename T> T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 template <typename T> T* ptr_or_null(uintptr_t p) { return p ? reinterpret_cast<T*>(p) : nullptr; }
 
-int threads_or_default(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+int threads_or_default(int threads) {
+  return threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "llp_kernels compiled kernels (CPU/OpenMP always, CUDA when built with nvcc)";
+  m.doc() = "llp_kernels compiled kernels (CPU always, CUDA when built with nvcc)";
 
   // Hooks for the tests only, kept apart from the kernels' entry points.
   py::module_ testing = m.def_submodule("testing", "test hooks: not part of any backend");

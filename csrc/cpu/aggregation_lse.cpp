@@ -5,6 +5,7 @@
 
 #include "cpu/fast_exp.h"
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
 
 namespace llp::cpu {
 
@@ -25,8 +26,7 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 void lse_tile_update(const float* dots, int64_t B, int64_t n, int64_t ld,
                      const int64_t* bank_labels, const int64_t* query_labels, float inv_tau,
                      float* m_all, float* s_all, float* m_same, float* s_same, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
+  parallel_rows(B, n, threads, [&](int64_t b) {
     const float* row = dots + b * ld;
     const int64_t label = query_labels[b];
 
@@ -77,14 +77,13 @@ void lse_tile_update(const float* dots, int64_t B, int64_t n, int64_t ld,
     m_all[b] = new_m;
     s_same[b] = bad_same > 0.0f ? kNaN : rescale(s_same[b], m_same[b], new_m_same) + acc_same;
     m_same[b] = new_m_same;
-  }
+  });
 }
 
 void lse_grad_tile(float* dots, int64_t B, int64_t n, int64_t ld,
                    const int64_t* bank_labels, const int64_t* query_labels, float inv_tau,
                    const float* lse_all, const float* lse_same, const float* scale, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
+  parallel_rows(B, n, threads, [&](int64_t b) {
     float* row = dots + b * ld;
     const int64_t label = query_labels[b];
     const float g = scale[b];
@@ -94,7 +93,7 @@ void lse_grad_tile(float* dots, int64_t B, int64_t n, int64_t ld,
     // them rather than multiply 0 by exponentials of their placeholder LSEs.
     if (g == 0.0f) {
       for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;
-      continue;
+      return;
     }
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
@@ -103,7 +102,7 @@ void lse_grad_tile(float* dots, int64_t B, int64_t n, int64_t ld,
       const float p_same = bank_labels[j] == label ? fast_expf(x - ls) : 0.0f;
       row[j] = g * (p_all - p_same);
     }
-  }
+  });
 }
 
 }  // namespace llp::cpu

@@ -5,6 +5,7 @@
 
 #include "common/dtype.h"
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
 
 namespace llp::cpu {
 
@@ -18,11 +19,9 @@ int64_t bank_update_typed(BankT* bank, int64_t N, int64_t D, const int64_t* idx,
     if (idx[b] < 0 || idx[b] >= N) { first_bad = b; break; }
   }
   if (first_bad >= 0) return first_bad;
-#pragma omp parallel num_threads(threads)
-  {
+  parallel_for(B, std::max<int64_t>(1, kGrain / D), threads, [&](int64_t b0, int64_t b1) {
     std::vector<float> mixed(static_cast<size_t>(D));
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b0; b < b1; ++b) {
       BankT* row = bank + idx[b] * D;
       const EmbT* v = emb + b * D;
       float sq = 0.0f;
@@ -38,7 +37,7 @@ int64_t bank_update_typed(BankT* bank, int64_t N, int64_t D, const int64_t* idx,
                                                : std::numeric_limits<float>::quiet_NaN();
       for (int64_t d = 0; d < D; ++d) Storage<BankT>::store(row, d, mixed[d] * inv_norm);
     }
-  }
+  });
   return -1;
 }
 

@@ -1,7 +1,7 @@
 // CPU kernels of llp_kernels._C. All work on one similarity tile at a time: the
 // Python side fills a bounded [rows x cols] fp32 buffer with raw dot products
 // (BLAS GEMM via torch.mm) and hands it here, so no kernel ever sees a B x N array.
-// Every function parallelises over rows with OpenMP using `threads` threads.
+// Every function parallelises over rows on up to `threads` threads (cpu/parallel.h).
 #pragma once
 #include <cstdint>
 

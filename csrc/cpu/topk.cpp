@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
 
 namespace llp::cpu {
 
@@ -57,8 +58,7 @@ constexpr int64_t kFilterBlock = 16;
 void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const float* bias,
                       float inv_tau, int64_t offset, int64_t k, float* heap_vals,
                       int64_t* heap_idx, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t q = 0; q < Q; ++q) {
+  parallel_rows(Q, n, threads, [&](int64_t q) {
     const float* row = dots + q * ld;
     float* hv = heap_vals + q * k;
     int64_t* hi = heap_idx + q * k;
@@ -102,17 +102,16 @@ void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const
         }
       }
     }
-  }
+  });
 }
 
 void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, int threads) {
-#pragma omp parallel num_threads(threads)
-  {
+  const int64_t cost = k * (64 - __builtin_clzll(static_cast<uint64_t>(k) | 1));  // ~k log2 k
+  parallel_for(Q, std::max<int64_t>(1, kGrain / cost), threads, [&](int64_t q0, int64_t q1) {
     std::vector<int64_t> order(static_cast<size_t>(k));
     std::vector<float> tmp_v(static_cast<size_t>(k));
     std::vector<int64_t> tmp_i(static_cast<size_t>(k));
-#pragma omp for schedule(static)
-    for (int64_t q = 0; q < Q; ++q) {
+    for (int64_t q = q0; q < q1; ++q) {
       float* hv = heap_vals + q * k;
       int64_t* hi = heap_idx + q * k;
       std::iota(order.begin(), order.end(), 0);
@@ -126,7 +125,7 @@ void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, in
       std::copy(tmp_v.begin(), tmp_v.end(), hv);
       std::copy(tmp_i.begin(), tmp_i.end(), hi);
     }
-  }
+  });
 }
 
 }  // namespace llp::cpu

@@ -1,4 +1,4 @@
-"""The ``cpu`` backend: BLAS similarity tiles + fused C++/OpenMP epilogues (``csrc/cpu``).
+"""The ``cpu`` backend: BLAS similarity tiles + fused C++ epilogues on a thread pool (``csrc/cpu``).
 
 Each op walks the keys (bank rows) in column tiles. ``torch.mm`` writes one tile of raw
 dot products ``[rows, cols]`` into a single reused fp32 buffer (bounded to
@@ -129,7 +129,7 @@ def _environment() -> str:
 
 BACKEND = Backend(
     name="cpu",
-    summary="compiled C++/OpenMP kernels over BLAS similarity tiles",
+    summary="compiled C++ kernels over BLAS similarity tiles",
     devices=("cpu",),
     kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
              "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
