@@ -62,7 +62,7 @@ def initial_bank_rows(c: TrainConfig, net, split: Split, device: torch.device, r
         data = torch.nn.functional.normalize(full[rows.start:rows.stop], dim=1).to(device)
     else:
         data = run_model(net, split.train, device, output=0, rows=torch.arange(rows.start, rows.stop))
-    return data.to(getattr(torch, c.bank_dtype)).contiguous()
+    return data.to(getattr(torch, c.bank_dtype_on(device))).contiguous()
 
 
 def build_bank(c: TrainConfig, net, split: Split, device: torch.device, group: Optional[Group]):
@@ -75,6 +75,8 @@ def build_bank(c: TrainConfig, net, split: Split, device: torch.device, group: O
 
 
 def build_run(c: TrainConfig, device: torch.device, group: Optional[Group]) -> Run:
+    if c.matmul_precision_on(device):
+        torch.set_float32_matmul_precision(c.matmul_precision_on(device))
     torch.manual_seed(c.seed)
     np.random.seed(c.seed)
     random.seed(c.seed)

@@ -18,10 +18,11 @@ import llp_kernels as lk
 
 from .schedule import LRSchedule, parse_boundaries
 
-BANK_DTYPES = ("float32", "bfloat16", "float16")
+BANK_DTYPES = ("auto", "float32", "bfloat16", "float16")
+MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")
 # Flags that may change when a run resumes: how long, how verbose, where, with which
 # kernels, and what to export at the end.
-RESUMABLE = ("epochs", "quiet", "device", "backend", "workers", "amp", "export_embeddings")
+RESUMABLE = ("epochs", "quiet", "device", "backend", "workers", "amp", "matmul_precision", "export_embeddings")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class TrainConfig:
     k: int = 10
     t: int = 25
     bank_momentum: float = 0.5
-    bank_dtype: str = "float32"
+    bank_dtype: str = "auto"
     bank_init: str = "forward"
     bank_refresh: str = "never"
     propagate_from: str = "bank"
@@ -65,6 +66,7 @@ class TrainConfig:
     backend: str = "auto"
     device: str = "auto"
     amp: bool = False
+    matmul_precision: str = "auto"
     run_dir: Optional[str] = None
     resume: Optional[str] = None
     export_embeddings: Optional[str] = None
@@ -74,6 +76,16 @@ class TrainConfig:
     def warmup(self) -> int:
         """Warm-up epochs this run really has (supervised runs have none)."""
         return self.warmup_epochs if self.method == "llp" else 0
+
+    def bank_dtype_on(self, device) -> str:
+        if self.bank_dtype != "auto":
+            return self.bank_dtype
+        return "bfloat16" if device.type == "cuda" else "float32"
+
+    def matmul_precision_on(self, device) -> str:
+        if self.matmul_precision != "auto":
+            return self.matmul_precision
+        return "high" if device.type == "cuda" else ""
 
     @property
     def out_dir(self) -> Path:
@@ -145,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     g("--k", type=int, default=d.k, help="K labeled neighbours that vote in propagation")
     g("--t", type=int, default=d.t, help="T nearest unlabeled rows in the local density")
     g("--bank-momentum", type=float, default=d.bank_momentum, help="memory-bank running-average momentum")
-    g("--bank-dtype", choices=BANK_DTYPES, default=d.bank_dtype, help="storage dtype of the memory bank")
+    g("--bank-dtype", choices=BANK_DTYPES, default=d.bank_dtype,
+      help="storage dtype of the memory bank; auto: bfloat16 on CUDA (half the bytes the aggregation "
+           "loss reads), float32 on CPU")
     g("--bank-init", choices=["forward", "random"], default=d.bank_init,
       help="first bank: the initial network's embeddings, or random unit rows (Wu et al.)")
     g("--bank-refresh", choices=["never", "start", "epoch"], default=d.bank_refresh,
@@ -165,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     g("--backend", choices=("auto",) + lk.BACKENDS, default=d.backend, help="llp_kernels backend")
     g("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="where to train")
     g("--amp", action="store_true", help="bf16 autocast for the network (CUDA; also allowed on CPU)")
+    g("--matmul-precision", choices=MATMUL_PRECISIONS, default=d.matmul_precision,
+      help="torch.set_float32_matmul_precision for the network and the fp32 kernels; auto: high (TF32) "
+           "on CUDA, torch's setting on CPU; highest: exact fp32 products")
     g("--run-dir", metavar="DIR", help="output directory (default: runs/<method>-seed<seed>)")
     g("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     g("--export-embeddings", metavar="DIR", help="after training, write the training rows' embeddings "

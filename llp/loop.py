@@ -122,7 +122,8 @@ def train_epoch(run: Run, epoch: int, phase: str, pool: Tensor) -> Dict[str, flo
     stay on the device, so a step never waits for it (but for a progress bar's update)."""
     c = run.config
     run.model.train()
-    order = pool[torch.randperm(len(pool), generator=run.batches).to(run.device)]
+    # The order lives on the CPU, where the data sources index: no step waits for the device.
+    order = pool.cpu()[torch.randperm(len(pool), generator=run.batches)]
     world, rank = (1, 0) if run.group is None else (run.group.world, run.group.rank)
     # Each step takes world * batch_size rows of the shared order; rank r trains on its part.
     # A final step with fewer rows than processes is dropped (on every rank alike).
@@ -131,8 +132,9 @@ def train_epoch(run: Run, epoch: int, phase: str, pool: Tensor) -> Dict[str, flo
     augment = augment_generator(run, epoch)
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)
     for i, start in enumerate(starts):
-        idx = order[start:start + world * c.batch_size].tensor_split(world)[rank]
-        x = run.split.train.batch(idx, augment).to(run.device)
+        rows = order[start:start + world * c.batch_size].tensor_split(world)[rank]
+        x = run.split.train.batch(rows, augment).to(run.device, non_blocking=True)
+        idx = rows.to(run.device, non_blocking=True)
         parts = step(run, phase, idx, x, epoch - c.warmup + i / len(starts))
         sums += parts * len(idx)
         if bar is not None:

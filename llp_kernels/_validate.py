@@ -134,13 +134,20 @@ def optional_num_classes(name: str, c) -> Optional[int]:
 # ---- value checks: run inside the ops, on small integer vectors --------------------------
 
 def labels_in_range(name: str, t: torch.Tensor, low: int, high: Optional[int]) -> None:
-    """Every entry in [low, high) (high None: no upper bound). One pass over t."""
+    """Every entry in [low, high) (high None: no upper bound). One pass over t, and no
+    wait for the device: the condition goes to ``torch._assert_async``, which raises at
+    once on CPU tensors (a ValueError here) and on a GPU fails the stream with a
+    device-side assertion, as torch's own losses do for class indices out of range."""
     if t.numel() == 0:
         return
-    lo = int(t.min())
-    if lo < low:
-        raise ValueError(f"{name} must be >= {low}, found {lo}")
+    ok = t.min() >= low
     if high is not None:
-        hi = int(t.max())
-        if hi >= high:
-            raise ValueError(f"{name} must be < {high}, found {hi}")
+        ok = ok & (t.max() < high)
+    rule = f"[{low}, {high})" if high is not None else f">= {low}"
+    try:
+        torch._assert_async(ok, f"{name} must lie in {rule}")
+    except RuntimeError:
+        lo, hi = int(t.min()), int(t.max())  # only to name the offending value
+        bad = lo if lo < low else hi
+        raise ValueError(f"{name} must be {'>= ' + str(low) if lo < low else '< ' + str(high)}, "
+                         f"found {bad}") from None

@@ -22,7 +22,7 @@ from torch import Tensor
 from . import _validate as check
 from ._dispatch import Call, record, resolve
 from ._lse import backward_inputs
-from .reference import class_vote, last_occurrence
+from .reference import class_vote, last_occurrence_mask
 
 __all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "class_vote", "local_density",
            "propagate_labels", "topk_similarity", "update_memory_bank_"]
@@ -130,13 +130,9 @@ def _(labeled, unlabeled, t, tau, backend):
 def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
                   log_density: Optional[Tensor], k: int, tau: float, num_classes: int,
                   backend: str) -> Tuple[Tensor, Tensor]:
-    if num_classes < 1:  # -1: infer from the labels
-        check.labels_in_range("labeled_labels", labeled_labels, 0, None)
-        num_classes = int(labeled_labels.max()) + 1
-    else:
-        check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes)
+    check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes if num_classes > 0 else None)
     scores, neighbours = _kernel(backend, "topk_similarity")(queries, labeled, k, tau, log_density)
-    labels, confidence = class_vote(scores.float(), labeled_labels[neighbours], num_classes)
+    labels, confidence = class_vote(scores.float(), labeled_labels[neighbours])
     return labels, confidence.float()
 
 
@@ -150,12 +146,10 @@ def _(queries, labeled, labeled_labels, log_density, k, tau, num_classes, backen
 def _update_bank_op(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum: float,
                     backend: str) -> None:
     check.labels_in_range("indices", indices, 0, bank.shape[0])
-    keep = last_occurrence(indices)
-    if keep.shape[0] == indices.shape[0]:
-        rows, new = indices, embeddings
-    else:
-        rows, new = indices[keep].contiguous(), embeddings[keep].contiguous()
-    _kernel(backend, "update_memory_bank_")(bank, rows, new, momentum)
+    # Duplicates: the last occurrence wins; the others become -1, which kernels skip (no
+    # compaction, so no shape that depends on the data).
+    rows = torch.where(last_occurrence_mask(indices), indices, -1).contiguous()
+    _kernel(backend, "update_memory_bank_")(bank, rows, embeddings, momentum)
 
 
 @_update_bank_op.register_fake

@@ -193,13 +193,13 @@ def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[i
     return torch.where(usable, label, -1), torch.where(usable, confidence, float("nan"))
 
 
-def last_occurrence(indices: Tensor) -> Tensor:
-    """Positions in ``indices`` of the last occurrence of each distinct value, ascending
-    by value. This is the duplicate rule of the bank update: the last one wins."""
+def last_occurrence_mask(indices: Tensor) -> Tensor:
+    """bool [B]: whether ``indices[b]`` is the last occurrence of its value. This is the
+    duplicate rule of the bank update: the last one wins."""
     sorted_idx, order = torch.sort(indices, stable=True)
     is_last = torch.ones_like(sorted_idx, dtype=torch.bool)
     is_last[:-1] = sorted_idx[1:] != sorted_idx[:-1]
-    return order[is_last]
+    return torch.zeros_like(is_last).scatter_(0, order, is_last)
 
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
@@ -212,7 +212,7 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
     all NaN. When an index repeats within the call, the last occurrence wins: the row is
     mixed once, from its old value.
     """
-    keep = last_occurrence(indices)
+    keep = last_occurrence_mask(indices) & (indices >= 0)  # kernels' callers mark skipped rows -1
     rows = indices[keep].long()
     dtype = _compute_dtype(bank, embeddings)
     mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)

@@ -186,3 +186,33 @@ def test_incompatible_checkpoint_is_a_clear_error_and_touches_nothing(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "checkpoint.pt does not fit this run" in result.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+CONVERSIONS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+def test_a_training_step_never_waits_for_the_device(monkeypatch):
+    """Every tensor -> Python conversion (what makes the host wait for a GPU) raises during
+    a step: the warm-up step and the LLP step (loss, backward, SGD, bank update,
+    propagation) must not convert anything. On a GPU, bench/gpu_check.sh also runs a step
+    under torch.cuda.set_sync_debug_mode("error")."""
+    from llp import loop
+    from llp.build import build_run
+    from llp.config import TrainConfig
+
+    run = build_run(TrainConfig(warmup_epochs=1, epochs=1), torch.device("cpu"), None)
+    loop.start_llp(run)
+    rows = torch.arange(64)
+    x = run.split.train.batch(rows, run.batches)
+
+    def refuse(name):
+        def conversion(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} called inside a training step")
+        return conversion
+
+    for phase in ("warmup", "llp"):
+        with monkeypatch.context() as m:
+            for name in CONVERSIONS:
+                m.setattr(torch.Tensor, name, refuse(name))
+            parts = loop.step(run, phase, rows, x, progress=0.5)
+        assert torch.isfinite(parts).all()

@@ -16,12 +16,13 @@ int64_t bank_update_typed(BankT* bank, int64_t N, int64_t D, const int64_t* idx,
                           const EmbT* emb, int64_t B, float momentum, int threads) {
   int64_t first_bad = -1;
   for (int64_t b = 0; b < B; ++b) {
-    if (idx[b] < 0 || idx[b] >= N) { first_bad = b; break; }
+    if (idx[b] >= N) { first_bad = b; break; }
   }
   if (first_bad >= 0) return first_bad;
   parallel_for(B, std::max<int64_t>(1, kGrain / D), threads, [&](int64_t b0, int64_t b1) {
     std::vector<float> mixed(static_cast<size_t>(D));
     for (int64_t b = b0; b < b1; ++b) {
+      if (idx[b] < 0) continue;  // a duplicate that a later row of the batch replaces
       BankT* row = bank + idx[b] * D;
       const EmbT* v = emb + b * D;
       float sq = 0.0f;

@@ -37,9 +37,9 @@ void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const
 // Sort each row's heap: values descending, ties by ascending index, NaN last.
 void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, int threads);
 
-// bank[idx[b]] = normalize(m * bank[idx[b]] + (1 - m) * emb[b]) for b < B; idx unique.
-// Returns the position of the first out-of-range index, or -1 when all were valid
-// (invalid rows are skipped, never written).
+// bank[idx[b]] = normalize(m * bank[idx[b]] + (1 - m) * emb[b]) for b < B; idx unique
+// among its non-negative entries, and rows with idx[b] < 0 are skipped. Returns the
+// position of the first index >= N (then nothing is written), or -1.
 int64_t bank_update(void* bank, int bank_dtype, int64_t N, int64_t D, const int64_t* idx,
                     const void* emb, int emb_dtype, int64_t B, float momentum, int threads);
 

@@ -25,7 +25,7 @@ __global__ void bank_update_kernel(BankT* __restrict__ bank, int64_t D,
                                    const EmbT* __restrict__ emb, int64_t B, float momentum) {
   const int lane = threadIdx.x & 31;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (b >= B) return;
+  if (b >= B || idx[b] < 0) return;  // idx < 0: a duplicate that a later row replaces
   BankT* row = bank + idx[b] * D;
   const EmbT* v = emb + b * D;
 

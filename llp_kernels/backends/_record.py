@@ -12,7 +12,8 @@ labels int64, on one device):
     aggregation_grad(queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, tau)
         -> dq [B, D];  dq_b = scale_b * (sum_j p_bj bank_j - sum_{j same} p'_bj bank_j)
     topk_similarity(queries, keys, k, tau, key_bias) -> (values fp32 [Q, k], indices int64 [Q, k])
-    update_memory_bank_(bank, indices, embeddings, momentum) -> None  (indices unique, in range)
+    update_memory_bank_(bank, indices, embeddings, momentum) -> None  (indices < N; rows whose
+        index is -1 are skipped: the ops layer so marks every duplicate but the last)
 
 ``scale`` and the LSEs of ``aggregation_grad`` come from ``llp_kernels._lse.backward_inputs``,
 which holds the rule for rows whose log-sum-exps are not finite, so kernels need no special case.
@@ -34,6 +35,12 @@ class Call:
     dim: Optional[int] = None
     k: Optional[int] = None
     dtype: Optional[torch.dtype] = None  # of the bank / keys
+
+
+def fp32_as_tf32() -> bool:
+    """Whether fp32 products may run as TF32 on tensor cores: they follow
+    ``torch.get_float32_matmul_precision()`` ('highest': no), as torch's own matmul does."""
+    return torch.get_float32_matmul_precision() != "highest"
 
 
 def _no_reason(*_args) -> str:

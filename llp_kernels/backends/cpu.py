@@ -116,7 +116,7 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
                         momentum: float) -> None:
-    """``indices`` unique and in range (the ops layer deduplicates and checks)."""
+    """``indices`` < N, -1 for rows to skip (the ops layer marks duplicates and checks)."""
     extension().cpu_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0], bank.shape[1],
                                 ptr(indices), ptr(embeddings), dtype_code(embeddings, "embeddings"),
                                 indices.shape[0], momentum, _threads())

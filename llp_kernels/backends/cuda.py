@@ -17,7 +17,7 @@ from torch import Tensor
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
 from .._lse import combine_partials
 from ._packed_topk import finish, kept_size
-from ._record import Backend, Call
+from ._record import Backend, Call, fp32_as_tf32
 
 MIN_CAPABILITY = (8, 0)
 
@@ -27,9 +27,9 @@ def _stream(t: Tensor) -> int:
 
 
 def _exact_fp32(bank: Tensor) -> bool:
-    """fp32 products on tensor cores as TF32 only when torch allows TF32 matmuls;
-    otherwise as 3xTF32 (hi/lo split), which keeps fp32 accuracy."""
-    return bank.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    """fp32 products on tensor cores as TF32 when torch's float32 matmul precision allows
+    it; at 'highest' as 3xTF32 (hi/lo split), which keeps fp32 accuracy."""
+    return bank.dtype == torch.float32 and not fp32_as_tf32()
 
 
 def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._record import fp32_as_tf32
+
 
 @dataclass(frozen=True)
 class Blocks:
@@ -58,9 +60,9 @@ def launch_options(blk: Blocks, device: torch.device) -> dict:
 
 
 def input_precision(dtype: torch.dtype) -> str:
-    """fp32 products use TF32 only when torch allows it (torch.backends.cuda.matmul.allow_tf32,
-    i.e. torch.set_float32_matmul_precision('high')); 16-bit products are native."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    """fp32 products use TF32 unless ``torch.get_float32_matmul_precision()`` is 'highest'
+    (torch's default; 'high' and 'medium' allow TF32); 16-bit products are native."""
+    if dtype == torch.float32 and not fp32_as_tf32():
         return "ieee"
     return "tf32"
 

@@ -1,8 +1,8 @@
 """Memory-bank update in Triton: one program per updated row gathers the bank row and
 the new embedding, mixes them in fp32, re-normalises and scatters the row back in the
 bank's dtype: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)``.
-Indices arrive unique (the ops layer keeps the last occurrence of each), so programs
-never race on a row.
+Non-negative indices arrive unique (the ops layer marks every earlier duplicate -1,
+which is skipped), so programs never race on a row.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def _bank_update_kernel(bank_ptr, indices_ptr, emb_ptr, D, momentum, BLOCK_D: tl
     b = tl.program_id(0)
     row = tl.load(indices_ptr + b)
     rd = tl.arange(0, BLOCK_D)
-    d_ok = rd < D
-    target = bank_ptr + row * D + rd
+    d_ok = (rd < D) & (rd * 0 + row >= 0)  # row < 0: a duplicate that a later row replaces
+    target = bank_ptr + row.to(tl.int64) * D + rd
     old = tl.load(target, mask=d_ok, other=0.0).to(tl.float32)
     new = tl.load(emb_ptr + b.to(tl.int64) * D + rd, mask=d_ok, other=0.0).to(tl.float32)
     mixed = momentum * old + (1.0 - momentum) * new
