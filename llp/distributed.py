@@ -83,3 +83,22 @@ def all_sum(t: Tensor) -> Tensor:
     t = t.contiguous()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_min(t: Tensor) -> Tensor:
+    """Element-wise minimum of ``t`` over ranks (every rank gets it)."""
+    t = t.contiguous()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
+def merged_topk_values(values: Tensor, k: int) -> Tensor:
+    """The k largest values per row over every rank's ``values`` [Q, <= k] (the same Q
+    rows on every rank, each rank having scored its own part of the keys), sorted
+    descending: each rank pads to k columns with -inf, then one all_gather and a top-k
+    (as ``ShardedBank`` merges its shards' top-k)."""
+    padded = torch.full((values.shape[0], k), float("-inf"), dtype=values.dtype, device=values.device)
+    padded[:, :min(k, values.shape[1])] = values[:, :k]
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    return torch.topk(torch.cat(parts, dim=1), k, dim=1).values

@@ -1,0 +1,149 @@
+"""``--method diffusion``: the global baseline, label diffusion on a kNN graph of every
+row in the style of DLP (Iscen et al. 2019).
+
+1. Graph: each row i's ``graph_k`` most similar other rows j (``lk.topk_similarity``
+   with tau = 1, so the values are cosine similarities s_ij; row i itself is dropped),
+   weighted ``a_ij = max(s_ij, 0) ** gamma`` (DLP: gamma = 3); ``W = A + A^T``.
+2. Symmetric normalisation ``W_n = D^-1/2 W D^-1/2``, ``D = diag(W 1)``.
+3. For each class c, ``(I - alpha W_n) f_c = y_c`` by conjugate gradients
+   (``scipy.sparse.linalg.cg``, at most ``cg_iters`` iterations, relative tolerance
+   ``cg_tol``; DLP: alpha = 0.99, 20 iterations), with ``y_c[i] = 1 / |L_c|`` for the
+   labeled rows of class c (DLP's class-size normalisation) and 0 elsewhere.
+4. ``F = max(F, 0)`` (CG may leave tiny negatives); a row's class shares are
+   ``F_i / sum_c F_ic``, its pseudo-label their argmax and its confidence their max.
+   A row that no label reaches (``F_i = 0``) has no pseudo-label: label -1, confidence 0
+   (the estimator gives it uniform shares).
+
+Memory: every row [N, D] fp32, the graph (N x graph_k ids and weights, twice over in
+W) and F [N, C]; the graph costs N^2 D multiply-adds. So unlike the other methods this
+one is for N that fits in memory. Several processes each build the graph rows of their
+own span of rows, gather the graph, solve a contiguous share of the classes and
+gather F.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import llp_kernels as lk
+
+from .propagation import Comm, Problem, Settings, chunks, no_progress
+
+
+def read_all(problem: Problem, s: Settings) -> Tensor:
+    """Every row [N, D] fp32 unit, read (and checked) in chunks."""
+    rows = problem.rows
+    keys = torch.empty(rows.n, rows.dim, device=rows.device)
+    for lo, hi in chunks(range(rows.n), s.chunk_rows):
+        keys[lo:hi] = rows.read(lo, hi, check=True)
+    return keys
+
+
+def knn_graph(keys: Tensor, span: range, s: Settings, progress=no_progress) -> Tuple[Tensor, Tensor]:
+    """For rows ``span``: the ids [n, k'] of their k' = min(graph_k, N - 1) most similar
+    other rows and the edge weights ``max(s, 0) ** gamma`` [n, k']."""
+    n_all = keys.shape[0]
+    k = min(s.graph_k, n_all - 1)
+    ids = torch.empty(len(span), k, dtype=torch.int64, device=keys.device)
+    weights = torch.empty(len(span), k, device=keys.device)
+    if k == 0:
+        return ids, weights
+    bar = progress("graph", -(-len(span) // s.chunk_rows))
+    for lo, hi in chunks(span, s.chunk_rows):
+        sims, found = lk.topk_similarity(keys[lo:hi], keys, k + 1, tau=1.0, backend=s.backend)
+        me = torch.arange(lo, hi, device=keys.device)[:, None]
+        drop = found == me
+        drop[~drop.any(dim=1), -1] = True  # a row that ties with copies of itself: drop the last
+        keep = ~drop
+        ids[lo - span.start:hi - span.start] = found[keep].view(hi - lo, k)
+        weights[lo - span.start:hi - span.start] = sims[keep].view(hi - lo, k).clamp(min=0) ** s.gamma
+        bar.update(1)
+    bar.close()
+    return ids, weights
+
+
+def normalised_graph(ids: np.ndarray, weights: np.ndarray, n: int):
+    """``D^-1/2 (A + A^T) D^-1/2`` as a scipy CSR matrix (float64)."""
+    import scipy.sparse as sp
+
+    rows = np.repeat(np.arange(n), ids.shape[1])
+    a = sp.csr_matrix((weights.astype(np.float64).ravel(), (rows, ids.ravel())), shape=(n, n))
+    w = (a + a.T).tocsr()
+    degree = np.asarray(w.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree)
+    np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
+    d = sp.diags(inv_sqrt)
+    return (d @ w @ d).tocsr()
+
+
+def solve(w_n, labeled_ids: np.ndarray, labeled_classes: np.ndarray, classes: range, s: Settings,
+          progress=no_progress) -> np.ndarray:
+    """``F[:, c]`` for each class c in ``classes``: [N, len(classes)] float64."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import cg
+
+    n = w_n.shape[0]
+    system = (sp.identity(n, format="csr") - s.alpha * w_n).tocsr()
+    out = np.zeros((n, len(classes)))
+    bar = progress("diffusion", len(classes))
+    for j, c in enumerate(classes):
+        members = labeled_ids[labeled_classes == c]
+        if len(members):
+            y = np.zeros(n)
+            y[members] = 1.0 / len(members)
+            out[:, j], _ = cg(system, y, rtol=s.cg_tol, atol=0.0, maxiter=s.cg_iters)
+        bar.update(1)
+    bar.close()
+    return out
+
+
+def fit(problem: Problem, s: Settings, comm: Comm, progress=no_progress,
+        timings: Optional[dict] = None) -> Tuple[Tensor, np.ndarray]:
+    """The rows [N, D] (kept for ``extend``) and ``F`` [N, C] float32 (>= 0), on every
+    process; ``timings`` gets the seconds of ``rows``, ``graph`` and ``diffusion``."""
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    keys = read_all(problem, s)
+    timings["rows"] = time.perf_counter() - start
+    n, C = problem.rows.n, problem.num_classes
+    start = time.perf_counter()
+    ids, weights = knn_graph(keys, comm.span(n), s, progress)
+    ids, weights = comm.gather_rows(ids).cpu().numpy(), comm.gather_rows(weights).cpu().numpy()
+    timings["graph"] = time.perf_counter() - start
+    start = time.perf_counter()
+    labeled_classes = np.asarray(problem.labels[problem.labeled_ids], dtype=np.int64)
+    part = solve(normalised_graph(ids, weights, n), problem.labeled_ids, labeled_classes, comm.span(C), s,
+                 progress)
+    f_t = torch.from_numpy(np.ascontiguousarray(part.T, dtype=np.float32)).to(keys.device)
+    f = comm.gather_rows(f_t).T.cpu().numpy()
+    timings["diffusion"] = time.perf_counter() - start
+    return keys, np.maximum(f, 0.0)
+
+
+def shares(f: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From F [N, C]: class shares [N, C] (uniform where no label reached), pseudo-labels
+    [N] (-1 there), confidences [N] (0 there) and the reached mask [N]."""
+    total = f.sum(axis=1, keepdims=True)
+    reached = total[:, 0] > 0
+    p = np.full_like(f, 1.0 / max(f.shape[1], 1))
+    np.divide(f, total, out=p, where=reached[:, None])
+    label = np.where(reached, p.argmax(axis=1), -1)
+    conf = np.where(reached, p.max(axis=1), 0.0).astype(np.float32)
+    return p.astype(np.float32), label.astype(np.int64), conf, reached
+
+
+def extend(queries: Tensor, keys: Tensor, fitted_shares: Tensor, s: Settings) -> Tensor:
+    """Class shares [Q, C] of new rows: one diffusion step from the fitted rows, i.e.
+    the weighted mean of the shares of each query's ``graph_k`` most similar fitted rows
+    with the graph's weights ``max(s, 0) ** gamma``; uniform when every weight is 0."""
+    k = min(s.graph_k, keys.shape[0])
+    sims, found = lk.topk_similarity(queries, keys, k, tau=1.0, backend=s.backend)
+    w = sims.clamp(min=0) ** s.gamma
+    mix = torch.einsum("qk,qkc->qc", w, fitted_shares[found])
+    total = w.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(mix, 1.0 / fitted_shares.shape[1])
+    return torch.where(total > 0, mix / total.clamp(min=torch.finfo(torch.float32).tiny), uniform)
