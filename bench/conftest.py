@@ -22,6 +22,22 @@ from .sizes import SIZES
 def pytest_addoption(parser):
     parser.addoption("--llp-size", choices=["small", "large", "gpu"], default=None,
                      help="benchmark sizes: small (CPU default), large (opt-in on CPU), gpu (CUDA default)")
+    parser.addoption("--llp-busy", action="store_true",
+                     help="run every benchmark beside a competing process (a 2-thread torch matmul loop)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy_machine(request):
+    """With --llp-busy, a competing process shares the cores for the whole session."""
+    if not request.config.getoption("--llp-busy"):
+        yield False
+        return
+    from .competitor import Competitor
+    from .harness import BUSY
+    with Competitor():
+        BUSY["on"] = True
+        yield True
+        BUSY["on"] = False
 
 
 def size_class(config) -> str:

@@ -10,6 +10,7 @@ and after each timed call so a round measures the work, not the launch.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable, Dict
 
 import torch
@@ -81,20 +82,35 @@ def gemm_cost(rows: int, cols: int, d: int) -> int:
     return 2 * rows * cols * d
 
 
+BUSY = {"on": False}  # set by the busy_machine fixture (--llp-busy)
+
+
 def info(op: str, size, impl: str, peaks: Dict, flops: float, bytes_moved: float, **more) -> Dict:
     """The ``extra_info`` every benchmark carries (the report reads these keys)."""
     return {"op": op, "size": size.name, "dtype": size.dtype, **size.dims, "impl": impl,
             "peer": impl.startswith("peer:"), "flops": flops, "bytes": bytes_moved,
-            "device_peaks": peaks, **more}
+            "device_peaks": peaks, "busy": BUSY["on"], **more}
 
 
 _PEAKS: Dict[str, Dict] = {}
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def device_peaks(device) -> Dict:
     """Roofline peaks: a table keyed by GPU name (dense tensor-core numbers: HBM
-    bandwidth, TF32 and bf16 peaks), or on a CPU measured once per session (best of 3: a 2048^3 fp32 and
-    bf16 ``torch.mm``; a 256 MiB tensor copy counts 2 bytes moved per byte)."""
+    bandwidth, TF32 and bf16 peaks), or on a CPU measured once per session: the best of 5
+    of a 2048^3 fp32 ``torch.mm`` and of a 256 MiB copy (2 bytes moved per byte). A CPU
+    without native bf16 instructions gets the fp32 peak for 16-bit work too: the cpu
+    backend widens 16-bit tiles to fp32 and multiplies in fp32 there, and torch's
+    emulated bf16 matmul would understate the peak a hundredfold."""
     device = torch.device(device)
     key = str(device)
     if key in _PEAKS:
@@ -108,24 +124,28 @@ def device_peaks(device) -> Dict:
                  "flops_bfloat16": bf16, "flops_float16": bf16,
                  "source": "stated by the vendor (TF32 for fp32 products)" if bw else "unknown GPU"}
     else:
-        def best(f):
+        def best(f, rounds=5):
             f()
             times = []
-            for _ in range(3):
+            for _ in range(rounds):
                 t = time.perf_counter()
                 f()
                 times.append(time.perf_counter() - t)
             return min(times)
         a32 = torch.randn(2048, 2048)
-        a16 = a32.bfloat16()
         big = torch.empty(64 << 20)
         dst = torch.empty_like(big)
         flops = 2 * 2048 ** 3
+        fp32 = flops / best(lambda: a32 @ a32)
+        native = cpu_has_native_bf16()
+        if native:
+            a16 = a32.bfloat16()
+            bf16 = flops / best(lambda: a16 @ a16)
         peaks = {"name": f"CPU ({torch.get_num_threads()} threads)",
-                 "flops_float32": flops / best(lambda: a32 @ a32),
-                 "flops_bfloat16": flops / best(lambda: a16 @ a16),
+                 "flops_float32": fp32, "flops_bfloat16": bf16 if native else fp32,
                  "bytes_per_s": 2 * big.numel() * 4 / best(lambda: dst.copy_(big)),
-                 "source": "measured: torch.mm 2048^3 and a 256 MiB copy"}
+                 "source": "measured: torch.mm 2048^3 (fp32" + (", bf16" if native else
+                           "; no native bf16 here, so fp32 for 16-bit work") + ") and a 256 MiB copy"}
         peaks["flops_float16"] = peaks["flops_bfloat16"]
     _PEAKS[key] = peaks
     return peaks

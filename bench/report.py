@@ -29,6 +29,15 @@ def _mib(nbytes) -> str:
     return "—" if nbytes is None else f"{nbytes / 2**20:.1f} MiB"
 
 
+def roofline_text(frac) -> str:
+    """A fraction of the roofline as text; above 1 the peak was under-measured (a CPU's
+    clock boosting past the measured matmul, say), which is said rather than printed as
+    more than 100%."""
+    if frac is None:
+        return "—"
+    return f"{100 * frac:.1f}%" if frac <= 1.0 else "at peak (peak under-measured)"
+
+
 def roofline_fraction(extra: Dict, seconds: float):
     peaks = extra.get("device_peaks") or {}
     flops_peak = peaks.get(f"flops_{extra.get('dtype', 'float32')}")
@@ -60,7 +69,7 @@ def op_tables(benchmarks: List[Dict]) -> str:
             impl = e["impl"].replace("peer:", "") + (" (peer)" if e.get("peer") else "")
             out.append(f"| {impl} | {e['size']} | {e['dtype']} | {_time(t)} | {speedup} | "
                        f"{_mib(e.get('peak_memory_bytes'))} | {e['flops'] / t / 1e9:.1f} | "
-                       f"{e['bytes'] / t / 1e9:.1f} | {'—' if frac is None else f'{100 * frac:.1f}%'} | "
+                       f"{e['bytes'] / t / 1e9:.1f} | {roofline_text(frac)} | "
                        f"{e.get('max_abs_err', float('nan')):.2g} |")
         out.append("")
     return "\n".join(out)
@@ -99,7 +108,11 @@ def render(data: Dict) -> str:
             "checked against `llp_kernels.reference` (max abs err column)",
             "- peak extra memory: CUDA's allocator peak on GPU; on CPU the peak resident set "
             "above entry, sampled every 0.5 ms, so memory the process reuses from its own free "
-            "lists shows as 0", ""]
+            "lists shows as 0"]
+    if any(b["extra_info"].get("busy") for b in benchmarks):
+        head.append("- **busy machine**: every case ran beside a competing process (a 2-thread torch "
+                    "matmul loop, `--llp-busy`); the peaks were measured beside it too")
+    head.append("")
     return "\n".join(head) + op_tables(benchmarks) + "\n" + train_step_table(benchmarks)
 
 

@@ -34,16 +34,16 @@ from .data import load_digits_split
 
 METHODS = {
     "supervised (labeled only)": ["--method", "supervised"],
+    "supervised, 120 epochs (LLP's warm-up + LLP)": ["--method", "supervised", "--epochs", "120"],
     "LLP": [],
     "LLP, no density weighting (NoDW)": ["--no-density-weighting"],
     "LLP, no confidence weighting (NoC)": ["--no-confidence"],
     "LLP, no warm start": ["--warmup-epochs", "0"],
-    "LLP, instance-recognition warm start": ["--warmup-objective", "instance"],
     "LLP, no ramp-up": ["--ramp-up-epochs", "0"],
+    "LLP, 10 epochs of instance-recognition warm start instead": ["--warmup-objective", "instance",
+                                                                  "--warmup-epochs", "10"],
 }
-DEFAULT_METHODS = ["supervised (labeled only)", "LLP", "LLP, no density weighting (NoDW)",
-                   "LLP, no confidence weighting (NoC)", "LLP, no warm start",
-                   "LLP, instance-recognition warm start"]
+DEFAULT_METHODS = list(METHODS)
 
 
 def label_spreading_top1(fraction: float, seed: int, kernel: str) -> float:

@@ -114,13 +114,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = DEFAULTS
     p = _Parser(prog="python -m llp.train", formatter_class=_Help, description=(
         "Local Label Propagation end to end (paper section 3, appendix A). Default: "
         "scikit-learn's bundled digits (1,797 8x8 images), 10% labels, a small conv net."))
-    a = p.add_argument
-    a("--method", choices=["llp", "supervised"], default=d.method,
-      help="llp, or supervised: labeled examples only, same network and schedule")
+    p.add_argument("--method", choices=["llp", "supervised"], default=DEFAULTS.method,
+                   help="llp, or supervised: labeled examples only, same network and schedule")
+    for flags in (_data_flags, _optimisation_flags, _warm_start_flags, _llp_flags, _run_flags):
+        flags(p, DEFAULTS)
+    return p
+
+
+def _data_flags(p, d: TrainConfig) -> None:
     g = p.add_argument_group("data (default: scikit-learn's digits)").add_argument
     g("--data", metavar="DIR", help="image folder, one subfolder per class (or train/ and val/ of them); ResNet-18")
     g("--features", metavar="X.npy", help="precomputed features [N, F]; an MLP")
@@ -134,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     g("--follow-symlinks", action="store_true", help="--data: follow links that point outside DIR")
     g("--strict-images", action="store_true",
       help="--data: a file that does not decode as an image is an error (default: skipped with a warning)")
+
+
+def _optimisation_flags(p, d: TrainConfig) -> None:
     g = p.add_argument_group("optimisation (paper appendix A)").add_argument
     g("--seed", type=int, default=d.seed, help="seed of the labeled split, initialisation and batches")
     g("--epochs", type=int, default=d.epochs, help="training epochs after the warm-up")
@@ -147,11 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     g("--rate-jump", default=d.rate_jump, help="rate-jump phase after the drops: 'E,E1,E2' (lr to --rate-jump-lr at "
       "epoch E, x0.1 at E1 and E2) or 'plateau' (default: none)")
     g("--rate-jump-lr", type=float, default=d.rate_jump_lr, help="lr at the start of the rate-jump phase")
+
+
+def _warm_start_flags(p, d: TrainConfig) -> None:
     g = p.add_argument_group("warm start (llp only)").add_argument
     g("--warmup-epochs", type=int, default=d.warmup_epochs, help="warm-up epochs before LLP; 0: none")
     g("--warmup-objective", choices=["supervised", "instance"], default=d.warmup_objective,
       help="supervised: cross-entropy on the labeled rows (epochs over them, as --method supervised); "
            "instance: instance recognition over every row (Wu et al. 2018)")
+    g("--ramp-up-epochs", type=float, default=d.ramp_up_epochs,
+      help="sigmoid ramp-up of the pseudo-labeled examples' loss weight over this many LLP epochs; 0: none")
+
+
+def _llp_flags(p, d: TrainConfig) -> None:
     g = p.add_argument_group("LLP").add_argument
     g("--tau", type=float, default=d.tau, help="temperature of the non-parametric softmax")
     g("--k", type=int, default=d.k, help="K labeled neighbours that vote in propagation")
@@ -167,14 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
            "at every epoch end followed by a full propagation (epoch); a supervised warm-up always refreshes at the start")
     g("--propagate-from", choices=["bank", "batch"], default=d.propagate_from,
       help="per-step propagation from the updated bank rows or from the step's own embeddings")
-    g("--ramp-up-epochs", type=float, default=d.ramp_up_epochs,
-      help="sigmoid ramp-up of the pseudo-labeled examples' loss weight over this many LLP epochs; 0: none")
     g("--no-density-weighting", action="store_true", help="NoDW ablation: plain weighted kNN")
     g("--no-confidence", action="store_true", help="NoC ablation: every loss weight is 1")
     g("--pseudo-labels", choices=["propagation", "classifier"], default=d.pseudo_labels,
       help="where pseudo-labels come from (classifier: what the authors' release did)")
     g("--density-over", choices=["unlabeled", "all"], default=d.density_over,
       help="density over the T nearest unlabeled rows (paper) or over all rows (release)")
+
+
+def _run_flags(p, d: TrainConfig) -> None:
     g = p.add_argument_group("run").add_argument
     g("--backend", choices=("auto",) + lk.BACKENDS, default=d.backend, help="llp_kernels backend")
     g("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="where to train")
@@ -188,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
       "(DIR/embeddings.npy), their labels with -1 for unlabeled (DIR/labels.npy) and their true classes "
       "(DIR/true_labels.npy): the input of python -m llp.propagate")
     g("--quiet", action="store_true", help="no progress bars or per-epoch lines (the final table still prints)")
-    return p
 
 
 def check(c: TrainConfig) -> None:

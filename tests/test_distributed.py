@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from llp.algorithm import LLPConfig, LLPState
 from llp.bank import LocalBank, ShardedBank
 from llp.distributed import Group, setup, teardown
+from process_groups import gloo_threads
 
 REPO = Path(__file__).resolve().parents[1]
 N, D, C, BATCH = 203, 32, 5, 41
@@ -24,20 +25,6 @@ N, D, C, BATCH = 203, 32, 5, 41
 
 def close(a, b, atol=1e-5):
     assert torch.allclose(a.double(), b.double(), atol=atol, rtol=0), (a - b).abs().max()
-
-
-def _group_threads() -> list:
-    """Names of this process's threads that belong to a gloo process group (Linux)."""
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():
-        return []
-    names = []
-    for task in tasks.iterdir():
-        try:
-            names.append((task / "comm").read_text().strip())
-        except OSError:  # the thread ended meanwhile
-            pass
-    return [n for n in names if "gloo" in n]
 
 
 def _in_group(rank, world, init_file, body, *args):
@@ -53,7 +40,7 @@ def _in_group(rank, world, init_file, body, *args):
         dist.destroy_process_group()
         raise
     teardown()
-    assert not _group_threads(), f"rank {rank}: the process group outlived teardown: {_group_threads()}"
+    assert not gloo_threads(), f"rank {rank}: the process group outlived teardown: {gloo_threads()}"
 
 
 def _sharded_state_matches(rank, world, group):
@@ -122,7 +109,7 @@ def _train_one_epoch(rank, world, port, run_dir):
     record = main(["--quiet", "--epochs", "1", "--warmup-epochs", "0", "--lr-drops", "", "--run-dir", run_dir])
     assert record["epoch"] == 1
     assert not dist.is_initialized()
-    assert not _group_threads(), f"rank {rank}: the process group outlived the trainer: {_group_threads()}"
+    assert not gloo_threads(), f"rank {rank}: the process group outlived the trainer: {gloo_threads()}"
 
 
 def test_sharded_state_matches_one_process(tmp_path):

@@ -23,7 +23,9 @@ def test_fuzz_public_ops(backends, cases, seconds):
     backends = [b for b in backends if b == "reference" or b in RUNNABLE]
     if not backends:
         pytest.skip("no backend of this group runs here")
-    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}
+    root = str(FUZZER.parent.parent)  # importable without an installed package, as in pytest
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1"), "PYTHONPATH": path}
     result = subprocess.run([sys.executable, str(FUZZER), "0", str(cases), *backends], env=env,
                             capture_output=True, text=True, timeout=seconds)
     assert result.returncode == 0, f"fuzzer failed (exit {result.returncode}):\n{result.stderr[-3000:]}"

@@ -20,6 +20,7 @@ import llp_kernels as lk
 from llp_kernels import reference as ref
 
 from conftest import unit_rows
+from process_groups import gloo_threads
 from llp import propagate
 from llp.distributed import Group, setup, teardown
 from llp.estimator import LocalLabelPropagation
@@ -315,19 +316,6 @@ def test_estimator_errors():
 METHODS_2P = ("llp", "knn", "ratio", "diffusion")
 
 
-def _group_threads() -> list:
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():
-        return []
-    names = []
-    for task in tasks.iterdir():
-        try:
-            names.append((task / "comm").read_text().strip())
-        except OSError:
-            pass
-    return [n for n in names if "gloo" in n]
-
-
 def _two_ranks(rank, world, init_file, folder, out_root):
     torch.set_num_threads(1)
     group = Group(rank, world, 0)
@@ -343,7 +331,7 @@ def _two_ranks(rank, world, init_file, folder, out_root):
         dist.destroy_process_group()
         raise
     teardown()
-    assert not _group_threads(), f"rank {rank}: the process group outlived teardown: {_group_threads()}"
+    assert not gloo_threads(), f"rank {rank}: the process group outlived teardown: {gloo_threads()}"
 
 
 def test_two_processes_give_what_one_gives(tmp_path):

@@ -37,6 +37,13 @@ class Call:
     dtype: Optional[torch.dtype] = None  # of the bank / keys
 
 
+# How 16-bit banks/keys are multiplied, by the two families of backends.
+WIDENED_16BIT = {"bfloat16": "bank tiles widened to fp32, fp32 products and accumulation",
+                 "float16": "bank tiles widened to fp32, fp32 products and accumulation"}
+ROUNDED_16BIT = {"bfloat16": "queries rounded to bf16, bf16 tensor cores, fp32 accumulation",
+                 "float16": "queries rounded to fp16, fp16 tensor cores, fp32 accumulation"}
+
+
 def fp32_as_tf32() -> bool:
     """Whether fp32 products may run as TF32 on tensor cores: they follow
     ``torch.get_float32_matmul_precision()`` ('highest': no), as torch's own matmul does."""

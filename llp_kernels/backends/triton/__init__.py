@@ -14,9 +14,22 @@ from typing import Optional
 
 import torch
 
-from .._record import Backend, Call
+from .._record import ROUNDED_16BIT, Backend, Call
 
-MAX_K = 1024
+MAX_DIM = 256
+
+
+MAX_KEPT = 128
+
+
+def max_kept(key_dtype: torch.dtype, dim: int) -> int:
+    """The largest kept list KP (a power of two) the top-k kernel takes. Its kept lists
+    and their merge live in registers next to the similarity tile, so the ceiling is
+    where the largest configuration still compiles for sm_80 and sm_90 without spills
+    and within the block's shared memory (checked ahead of time by
+    ``python -m bench.gpu_compile``): 128 for fp32 keys up to D = 128, else 64 (at 128,
+    16-bit keys and D = 256 spill a few bytes on sm_90)."""
+    return MAX_KEPT if key_dtype == torch.float32 and dim <= 128 else MAX_KEPT // 2
 
 
 def installed() -> str:
@@ -42,7 +55,10 @@ def _device_check(device: torch.device) -> str:
 
 
 def _max_k(call: Call) -> Optional[int]:
-    return MAX_K
+    """k such that its kept list (k, plus the re-score margin for 16-bit keys) fits."""
+    from .._packed_topk import RESCORE_MARGIN
+    dtype = call.dtype or torch.float32
+    return max_kept(dtype, call.dim or MAX_DIM) - (0 if dtype == torch.float32 else RESCORE_MARGIN)
 
 
 def _details() -> str:
@@ -60,12 +76,11 @@ BACKEND = Backend(
              "aggregation_grad": _kernel("aggregation", "aggregation_grad"),
              "topk_similarity": _kernel("topk", "topk_similarity"),
              "update_memory_bank_": _kernel("bank_update", "update_memory_bank_")},
-    precision={"float32": "TF32 tensor cores when torch allows TF32 matmuls, else fp32 (ieee) "
-                          "products; fp32 accumulation",
-               "bfloat16": "queries rounded to bf16, bf16 tensor cores, fp32 accumulation",
-               "float16": "queries rounded to fp16, fp16 tensor cores, fp32 accumulation"},
+    precision={"float32": "TF32 tensor cores when torch.get_float32_matmul_precision() allows TF32, "
+                          "else fp32 (ieee) products; fp32 accumulation", **ROUNDED_16BIT},
     environment=installed,
     device_check=_device_check,
+    max_dim=MAX_DIM,
     max_k=_max_k,
     auto_devices=("cuda",),
     auto_priority=0,

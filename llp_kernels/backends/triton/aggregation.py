@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..._lse import combine_partials
-from ._launch import (blocks, input_precision, launch_options, load_rows, same_label,
+from ._launch import (Launch, blocks, fma_block_n, input_precision, program_rows, same_label,
                       similarity_tile, split_n, widen_16bit)
 
 SHARED_SHIFT_RANGE = 60.0
@@ -37,19 +37,12 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         PRECISION: tl.constexpr, SHARED_RANGE: tl.constexpr,
                         WIDEN: tl.constexpr):
-    pid_b = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    b_ok = rb < B
-    q = load_rows(q_ptr, rb, B, D, BLOCK_D, WIDEN)
+    rb, b_ok, q, lo, hi = program_rows(q_ptr, B, N, D, n_per_split, BLOCK_B, BLOCK_D, WIDEN)
     q_label = tl.load(query_labels_ptr + rb, mask=b_ok, other=0)
-
     m_all = tl.full([BLOCK_B], float("-inf"), tl.float32)
     s_all = tl.zeros([BLOCK_B], tl.float32)
     m_same = tl.full([BLOCK_B], float("-inf"), tl.float32)
     s_same = tl.zeros([BLOCK_B], tl.float32)
-    lo = pid_s * n_per_split
-    hi = tl.minimum(lo + n_per_split, N)
     for start in range(lo, hi, BLOCK_N):
         rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau,
                                          BLOCK_N, BLOCK_D, PRECISION, WIDEN)
@@ -79,7 +72,7 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
         s_same = tl.where(tl.max((bad & same).to(tl.int32), 1) > 0, float("nan"), s_same)
         m_same = new_m_same
 
-    out = pid_s * B + rb
+    out = tl.program_id(1) * B + rb
     tl.store(m_all_ptr + out, m_all, mask=b_ok)
     tl.store(s_all_ptr + out, s_all, mask=b_ok)
     tl.store(m_same_ptr + out, m_same, mask=b_ok)
@@ -92,21 +85,12 @@ def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
                          B, N, D, n_per_split, inv_tau,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          PRECISION: tl.constexpr, WIDEN: tl.constexpr):
-    pid_b = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rd = tl.arange(0, BLOCK_D)
-    b_ok = rb < B
-    d_ok = rd < D
-    q = load_rows(q_ptr, rb, B, D, BLOCK_D, WIDEN)
+    rb, b_ok, q, lo, hi = program_rows(q_ptr, B, N, D, n_per_split, BLOCK_B, BLOCK_D, WIDEN)
     q_label = tl.load(query_labels_ptr + rb, mask=b_ok, other=0)
     lse_all = tl.load(lse_all_ptr + rb, mask=b_ok, other=0.0)
     lse_same = tl.load(lse_same_ptr + rb, mask=b_ok, other=0.0)
     scale = tl.load(scale_ptr + rb, mask=b_ok, other=0.0)
-
     acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
-    lo = pid_s * n_per_split
-    hi = tl.minimum(lo + n_per_split, N)
     for start in range(lo, hi, BLOCK_N):
         rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau,
                                          BLOCK_N, BLOCK_D, PRECISION, WIDEN)
@@ -117,32 +101,50 @@ def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
         w = tl.where(n_ok[None, :] & (scale[:, None] != 0.0), scale[:, None] * (p_all - p_same), 0.0)
         acc += tl.dot(w.to(bank_ptr.dtype.element_ty).to(k.dtype), k, input_precision=PRECISION)
 
-    out = dq_ptr + (pid_s * B + rb)[:, None].to(tl.int64) * D + rd[None, :]
-    tl.store(out, acc, mask=b_ok[:, None] & d_ok[None, :])
+    rd = tl.arange(0, BLOCK_D)
+    out = dq_ptr + (tl.program_id(1) * B + rb)[:, None].to(tl.int64) * D + rd[None, :]
+    tl.store(out, acc, mask=b_ok[:, None] & (rd < D)[None, :])
 
 
-def _grid(queries: Tensor, bank: Tensor):
+def plan(rows: int, dim: int, bank_dtype: torch.dtype, precision: str, on_gpu: bool,
+         backward: bool) -> Launch:
+    """The forward (or backward) kernel's configuration for ``rows`` queries of ``dim``."""
+    blk = blocks(rows, dim, bank_dtype, on_gpu)
+    block_b, stages = blk.rows, blk.stages
+    if backward and on_gpu and bank_dtype == torch.float32 and blk.d >= 128:
+        # The backward keeps the queries and the gradient accumulator, both [BLOCK_B, D]
+        # fp32, in registers: 64 rows spill at D >= 128, and 3 stages at D = 256.
+        block_b = min(block_b, 32)
+        stages = 2 if blk.d >= 256 else stages
+    block_n = fma_block_n(blk.n, blk.d, precision, on_gpu)
+    constants = dict(BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=blk.d, PRECISION=precision,
+                     WIDEN=widen_16bit(bank_dtype, on_gpu))
+    if not backward:
+        constants["SHARED_RANGE"] = SHARED_SHIFT_RANGE
+    return Launch(constants, blk.warps, stages)
+
+
+def _launch(queries: Tensor, bank: Tensor, backward: bool):
     B, D = queries.shape
-    N = bank.shape[0]
-    blk = blocks(B, D, bank.dtype, bank.device)
-    row_blocks = triton.cdiv(B, blk.rows)
-    splits, n_per_split = split_n(row_blocks, N, blk.n, bank.device)
-    return blk, (row_blocks, splits), n_per_split
+    on_gpu = bank.device.type == "cuda"
+    launch = plan(B, D, bank.dtype, input_precision(bank.dtype), on_gpu, backward)
+    c = launch.constants
+    row_blocks = triton.cdiv(B, c["BLOCK_B"])
+    splits, n_per_split = split_n(row_blocks, bank.shape[0], c["BLOCK_N"], bank.device)
+    return launch, (row_blocks, splits), n_per_split
 
 
 def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                     tau: float) -> Tuple[Tensor, Tensor]:
     B, D = queries.shape
     N = bank.shape[0]
-    blk, grid, n_per_split = _grid(queries, bank)
+    launch, grid, n_per_split = _launch(queries, bank, backward=False)
     queries = queries.to(bank.dtype)
     parts = torch.empty(4, grid[1], B, dtype=torch.float32, device=queries.device)
     _lse_forward_kernel[grid](
         queries, bank, bank_labels, query_labels, parts[0], parts[1], parts[2], parts[3],
-        B, N, D, n_per_split, 1.0 / tau,
-        BLOCK_B=blk.rows, BLOCK_N=blk.n, BLOCK_D=blk.d,
-        PRECISION=input_precision(bank.dtype), SHARED_RANGE=SHARED_SHIFT_RANGE,
-        WIDEN=widen_16bit(bank), **launch_options(blk, bank.device))
+        B, N, D, n_per_split, 1.0 / tau, **launch.constants,
+        **launch.options(bank.device.type == "cuda"))
     return combine_partials(parts)
 
 
@@ -150,13 +152,11 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
                      lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     B, D = queries.shape
     N = bank.shape[0]
-    blk, grid, n_per_split = _grid(queries, bank)
+    launch, grid, n_per_split = _launch(queries, bank, backward=True)
     queries = queries.to(bank.dtype)
     parts = torch.empty(grid[1], B, D, dtype=torch.float32, device=queries.device)
     _lse_backward_kernel[grid](
         queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, parts,
-        B, N, D, n_per_split, 1.0 / tau,
-        BLOCK_B=blk.rows, BLOCK_N=blk.n, BLOCK_D=blk.d,
-        PRECISION=input_precision(bank.dtype), WIDEN=widen_16bit(bank),
-        **launch_options(blk, bank.device))
+        B, N, D, n_per_split, 1.0 / tau, **launch.constants,
+        **launch.options(bank.device.type == "cuda"))
     return parts.sum(dim=0)

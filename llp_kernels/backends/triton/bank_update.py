@@ -10,6 +10,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._launch import Launch
+
 
 @triton.jit
 def _bank_update_kernel(bank_ptr, indices_ptr, emb_ptr, D, momentum, BLOCK_D: tl.constexpr):
@@ -28,9 +30,14 @@ def _bank_update_kernel(bank_ptr, indices_ptr, emb_ptr, D, momentum, BLOCK_D: tl
     tl.store(target, out.to(bank_ptr.dtype.element_ty), mask=d_ok)
 
 
+def plan(dim: int) -> Launch:
+    block_d = max(16, triton.next_power_of_2(dim))
+    return Launch(dict(BLOCK_D=block_d), 4 if block_d >= 512 else 1, 1)
+
+
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
                         momentum: float) -> None:
     B, D = embeddings.shape
-    block_d = max(16, triton.next_power_of_2(D))
-    options = {"num_warps": 4 if block_d >= 512 else 1} if bank.device.type == "cuda" else {}
-    _bank_update_kernel[(B,)](bank, indices, embeddings, D, momentum, BLOCK_D=block_d, **options)
+    launch = plan(D)
+    _bank_update_kernel[(B,)](bank, indices, embeddings, D, momentum, **launch.constants,
+                              **launch.options(bank.device.type == "cuda"))

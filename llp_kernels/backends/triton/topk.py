@@ -3,9 +3,17 @@
 Each score becomes one int64 key: the fp32 bits made order-preserving in the high 32
 bits, ``2^32 - 1 - j`` in the low 32 (so among equal values the lower index wins). A
 program owns a block of queries and a slice of N and keeps its best ``KP`` keys per row
-(``KP`` = next power of two >= k, as ``tl.topk`` requires). For each similarity tile a
-per-row threshold filter (the current KP-th best) decides whether the tile can
-contribute at all; only then are the tile's best KP keys merged in with ``tl.topk``.
+(``KP`` = next power of two >= k, as ``tl.topk`` requires), and ``floor``, each row's
+KP-th best so far. Each similarity tile (tensor cores) goes through a per-row threshold
+filter — first on the fp32 scores against the floor's value, so a tile where no row has
+a candidate costs one comparison per score and one reduction; then on the packed keys:
+a key above its row's floor is a candidate, appended to that row's queue (a
+[CAP] slice of global scratch, at the position a running count and a prefix sum over
+the row give it, so rows without candidates write nothing). Only when some row's queue
+could overflow is there a merge: each queue is sorted into its row's kept list with one
+``tl.topk`` and the floors rise (FAISS's WarpSelect idea: expected candidates per row
+are about ``KP ln(N / KP)``, so merges are rare once the floors have risen). The key
+tile does not grow with k: CAP = max(KP, BLOCK_N).
 Per-slice candidates [S, Q, KP] are merged on the host with ``torch.topk``.
 
 16-bit keys: queries are rounded to the keys' dtype for the tensor-core product, so
@@ -22,8 +30,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .._packed_topk import finish, kept_size
-from ._launch import (blocks, input_precision, launch_options, load_rows, similarity_tile,
-                      split_n, widen_16bit)
+from ._launch import (Launch, blocks, fma_block_n, input_precision, program_rows, similarity_tile, split_n,
+                      widen_16bit)
 
 # The padding key: (SENTINEL_ORDERED << 32) with the worst index, i.e. the smallest int64.
 SENTINEL = tl.constexpr(-2**63)
@@ -40,56 +48,114 @@ def _pack(values, columns):
 
 
 @triton.jit
-def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, Q, N, D, n_per_split, inv_tau,
-                 HAS_BIAS: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-                 WIDEN: tl.constexpr):
-    pid_q = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_ok = rq < Q
-    q = load_rows(q_ptr, rq, Q, D, BLOCK_D, WIDEN)
+def _floor_value(floor):
+    """The fp32 value of packed keys (the inverse of ``_pack``'s high half), and whether
+    the key is padding or NaN (then every key is a candidate)."""
+    ordered = (floor >> 32).to(tl.int32)
+    weak = ordered <= -2147483647
+    bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
+    return bits.to(tl.float32, bitcast=True), weak
 
-    # Padding keys (SENTINEL_ORDERED, worst index) rank below every real key, NaN included;
-    # masked columns may be real indices of a neighbouring slice, so they become padding.
-    best = tl.full([BLOCK_Q, KP], SENTINEL, tl.int64)
-    floor = tl.full([BLOCK_Q], SENTINEL, tl.int64)  # per row: the KP-th best key so far
-    lo = pid_s * n_per_split
-    hi = tl.minimum(lo + n_per_split, N)
-    for start in range(lo, hi, BLOCK_N):
+
+@triton.jit
+def _sync_threads(count, ON_GPU: tl.constexpr):
+    """A barrier of the program's threads that returns ``count`` unchanged. On a GPU it is
+    ``bar.sync`` in inline PTX, so Triton's software pipeliner still pipelines the key
+    loads of the loop around it (it leaves loops that contain ``tl.debug_barrier``
+    alone); the result feeds the loads that must come after it. Every thread holds the
+    same number of ``count`` elements, so each executes the barrier as often."""
+    if ON_GPU:
+        return tl.inline_asm_elementwise("bar.sync 0;\n\tmov.b32 $0, $1;", "=r,r", [count],
+                                         dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.debug_barrier()
+        return count
+
+
+@triton.jit
+def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, queue_ptr, Q, N, D, n_per_split, inv_tau,
+                 HAS_BIAS: tl.constexpr, KP: tl.constexpr, CAP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                 WIDEN: tl.constexpr, ON_GPU: tl.constexpr):
+    rq, q_ok, q, lo, hi = program_rows(q_ptr, Q, N, D, n_per_split, BLOCK_Q, BLOCK_D, WIDEN)
+    queues = queue_ptr + (tl.program_id(1) * Q + rq)[:, None].to(tl.int64) * CAP  # [BQ, 1] row starts
+    slots = tl.arange(0, CAP)
+
+    # best: each row's CAP best keys so far, sorted descending (its first KP are the answer);
+    # floor: the KP-th of them, and floor_v its value. Padding (SENTINEL) ranks below every
+    # real key, NaN included; masked columns may be real indices of a neighbouring slice,
+    # so they become padding too.
+    best = tl.full([BLOCK_Q, CAP], SENTINEL, tl.int64)
+    floor = tl.full([BLOCK_Q], SENTINEL, tl.int64)
+    floor_v, weak = _floor_value(floor)
+    count = tl.zeros([BLOCK_Q], tl.int32)  # per row: candidates queued since the last merge
+    # One pass more than the slice has tiles: the last (all padding) merges what is queued,
+    # so the merge code exists once.
+    for start in range(lo, hi + BLOCK_N, BLOCK_N):
         rn, n_ok, _, s = similarity_tile(q, keys_ptr, start, hi, D, inv_tau,
                                          BLOCK_N, BLOCK_D, PRECISION, WIDEN)
         if HAS_BIAS:
             s = s - tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
-        columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
-        packed = tl.where(n_ok[None, :], _pack(s, columns), SENTINEL)
-        # Threshold filter on the packed keys (exact, NaN-safe): merge only when some row
-        # has a key above its KP-th best.
-        hits = tl.sum((tl.max(packed, 1) > floor).to(tl.int32), 0)
-        if hits > 0:
-            tile_best = tl.topk(packed, KP)
-            best = tl.topk(tl.reshape(tl.join(best, tile_best), (BLOCK_Q, 2 * KP)), KP)
-            floor = tl.min(best, 1)
+        # A cheap fp32 test first: every key above its row's floor has a value >= floor_v
+        # (or the floor is padding/NaN). Tiles where no row has one (most of them, once
+        # the floors have risen) skip packing, counting and queueing.
+        maybe = ((s >= floor_v[:, None]) | weak[:, None]) & n_ok[None, :] & q_ok[:, None]
+        if (start >= hi) | (tl.max(tl.max(maybe.to(tl.int32), 1), 0) > 0):
+            columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
+            packed = tl.where(n_ok[None, :], _pack(s, columns), SENTINEL)
+            keep = (packed > floor[:, None]) & q_ok[:, None]
+            n_keep = tl.sum(keep.to(tl.int32), 1)
+            if (start >= hi) | (tl.max(count + n_keep, 0) > CAP):
+                # Merge every row's queue into its kept list; the floors rise. A tile never
+                # holds more than CAP keys, so afterwards it fits an empty queue.
+                queued_count = _sync_threads(count, ON_GPU)  # every thread's queue stores are visible
+                queued = tl.load(queues + slots[None, :], mask=slots[None, :] < queued_count[:, None],
+                                 other=SENTINEL)
+                best = tl.topk(tl.reshape(tl.join(best, queued), (BLOCK_Q, 2 * CAP)), CAP)
+                floor = tl.max(tl.where(slots[None, :] == KP - 1, best, SENTINEL), 1)
+                floor_v, weak = _floor_value(floor)
+                count = tl.zeros([BLOCK_Q], tl.int32)
+                keep = (packed > floor[:, None]) & q_ok[:, None]
+                n_keep = tl.sum(keep.to(tl.int32), 1)
+            slot = count[:, None] + tl.cumsum(keep.to(tl.int32), 1) - 1
+            tl.store(queues + slot, packed, mask=keep)
+            count += n_keep
 
-    out = out_ptr + (pid_s * Q + rq)[:, None].to(tl.int64) * KP + tl.arange(0, KP)[None, :]
-    tl.store(out, best, mask=q_ok[:, None])
+    out = out_ptr + (tl.program_id(1) * Q + rq)[:, None].to(tl.int64) * KP + slots[None, :]
+    tl.store(out, best, mask=q_ok[:, None] & (slots < KP)[None, :])
+
+
+def plan(rows: int, dim: int, kp: int, key_dtype: torch.dtype, precision: str, on_gpu: bool,
+         has_bias: bool) -> Launch:
+    """The kernel's configuration for ``rows`` queries of ``dim`` keeping ``kp`` keys."""
+    blk = blocks(rows, dim, key_dtype, on_gpu)
+    # A tile adds at most BLOCK_N candidates to a row's queue, so CAP = max(KP, BLOCK_N);
+    # the kept lists [BQ, CAP] (and their merge, twice that) live in registers next to the
+    # query block: fewer query rows per program as they grow, BQ x CAP <= 2048 int64 keys
+    # (1024 at D = 256), and tiles at most 64 keys wide. Larger spill on sm_80 / sm_90.
+    block_n = fma_block_n(min(blk.n, 64), blk.d, precision, on_gpu)
+    cap = max(kp, block_n)
+    budget = 2048 if blk.d <= 128 else 1024
+    block_q = max(16, min(blk.rows, budget // cap)) if on_gpu else blk.rows
+    return Launch(dict(HAS_BIAS=has_bias, KP=kp, CAP=cap, BLOCK_Q=block_q, BLOCK_N=block_n,
+                       BLOCK_D=blk.d, PRECISION=precision, WIDEN=widen_16bit(key_dtype, on_gpu),
+                       ON_GPU=on_gpu),
+                  blk.warps, blk.stages)
 
 
 def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
                     key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     Q, D = queries.shape
     N = keys.shape[0]
-    rescore = keys.dtype != torch.float32
+    on_gpu = keys.device.type == "cuda"
     kp = kept_size(k, N, keys.dtype)
-    blk = blocks(Q, D, keys.dtype, keys.device)
-    block_q = min(blk.rows, 16) if kp >= 256 else blk.rows
-    block_n = max(blk.n, kp)
-    row_blocks = triton.cdiv(Q, block_q)
-    splits, n_per_split = split_n(row_blocks, N, block_n, keys.device)
+    launch = plan(Q, D, kp, keys.dtype, input_precision(keys.dtype), on_gpu, key_bias is not None)
+    c = launch.constants
+    row_blocks = triton.cdiv(Q, c["BLOCK_Q"])
+    splits, n_per_split = split_n(row_blocks, N, c["BLOCK_N"], keys.device)
     candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=queries.device)
+    queues = torch.empty(splits, Q, c["CAP"], dtype=torch.int64, device=queries.device)  # scratch
     _topk_kernel[(row_blocks, splits)](
-        queries.to(keys.dtype), keys, key_bias if key_bias is not None else keys, candidates,
-        Q, N, D, n_per_split, 1.0 / tau, HAS_BIAS=key_bias is not None, KP=kp,
-        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=blk.d, PRECISION=input_precision(keys.dtype),
-        WIDEN=widen_16bit(keys), **launch_options(blk, keys.device))
-    return finish(candidates, queries, keys, k, tau, key_bias, rescore)
+        queries.to(keys.dtype), keys, key_bias if key_bias is not None else keys, candidates, queues,
+        Q, N, D, n_per_split, 1.0 / tau, **c, **launch.options(on_gpu))
+    return finish(candidates, queries, keys, k, tau, key_bias, keys.dtype != torch.float32)
