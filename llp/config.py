@@ -281,8 +281,10 @@ def resumed_config(saved: dict, given: dict, resume: str) -> TrainConfig:
             continue
         if name not in RESUMABLE:
             flag = "--" + name.replace("_", "-")
-            raise SystemExit(f"error: --resume {resume}: {flag} {value} differs from the saved run's "
-                             f"{merged.get(name)!r}; only {', '.join('--' + r for r in RESUMABLE)} may change on resume")
+            allowed = ", ".join("--" + r.replace("_", "-") for r in RESUMABLE)
+            print(f"error: --resume {resume}: {flag} {value} differs from the saved run's "
+                  f"{merged.get(name)!r}; only {allowed} may change on resume", file=sys.stderr)
+            raise SystemExit(2)
         print(f"--resume: using --{name.replace('_', '-')} {value} (saved run: {merged.get(name)!r})",
               file=sys.stderr)
         merged[name] = value

@@ -1,8 +1,9 @@
 """``python -m llp.train``: Local Label Propagation end to end (paper section 3, app. A).
 
 Default: scikit-learn's bundled digits (1,797 real 8x8 images), 10% labels, a small
-conv net, on a CPU in well under a minute. ``--data DIR`` trains a ResNet-18 on an image
-folder, ``--features X.npy --labels y.npy`` an MLP on precomputed features. Every epoch
+conv net, in about a minute on 2 CPU cores (``python -m bench.default_run``). ``--data
+DIR`` trains a ResNet-18 on an image folder, ``--features X.npy --labels y.npy`` an MLP
+on precomputed features. Every epoch
 appends a line to RUN_DIR/metrics.jsonl and writes an atomic checkpoint; ``--resume
 RUN_DIR`` continues exactly; ``python -m llp.report RUN_DIR`` plots the metrics.
 
@@ -11,12 +12,20 @@ The parts: ``config`` (settings), ``build`` (data, model, bank, state), ``loop``
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-import torch
+# torch's OpenMP worker threads spin about 300,000 times waiting for work before they sleep
+# (GNU libgomp's default). On a machine whose cores are busy that spinning takes them from
+# whoever else needs them: the default run took 4.1x its idle time beside a 2-thread matmul
+# process, 2.2x with 10,000 (python -m bench.default_run --busy). libgomp reads it when torch
+# loads it, so it is set before the import; a value in the environment wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+import torch  # noqa: E402
 
 from . import distributed
 from .build import Run, build_run, restore
