@@ -100,21 +100,10 @@ def widen_16bit(key_dtype: torch.dtype, on_gpu: bool) -> bool:
 
 
 @triton.jit
-def load_rows(ptr, rows, n_valid, D, BLOCK_D: tl.constexpr, WIDEN: tl.constexpr):
-    """Rows ``rows`` (< n_valid) of a contiguous [*, D] matrix as a [len(rows), BLOCK_D]
-    tile, zero-padded; widened to fp32 when WIDEN (interpreter, 16-bit inputs)."""
-    cols = tl.arange(0, BLOCK_D)
-    tile = tl.load(ptr + rows[:, None].to(tl.int64) * D + cols[None, :],
-                   mask=(rows[:, None] < n_valid) & (cols[None, :] < D), other=0.0)
-    if WIDEN:
-        tile = tile.to(tl.float32)
-    return tile
-
-
-@triton.jit
 def load_block(ptr, start, n_valid, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, WIDEN: tl.constexpr):
-    """Rows ``start + arange(BLOCK)`` (< n_valid) of a contiguous [*, D] matrix, as
-    ``load_rows`` gives them; the 64-bit part of the address is one scalar per block and
+    """Rows ``start + arange(BLOCK)`` (< n_valid) of a contiguous [*, D] matrix as a
+    [BLOCK, BLOCK_D] tile, zero-padded, widened to fp32 when WIDEN (interpreter, 16-bit
+    inputs). The 64-bit part of the address is one scalar per block and
     the per-element offsets are 32-bit and the same for every block (hoisted out of the
     loops that stream keys)."""
     rows = tl.arange(0, BLOCK)
@@ -132,7 +121,7 @@ def program_rows(q_ptr, n_rows, n_keys, D, n_per_split, BLOCK_ROWS: tl.constexpr
     """This program's query rows (axis 0 of the grid: indices, validity, the
     [BLOCK_ROWS, BLOCK_D] tile) and its slice ``[lo, hi)`` of the keys (axis 1)."""
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    q = load_rows(q_ptr, rows, n_rows, D, BLOCK_D, WIDEN)
+    q = load_block(q_ptr, tl.program_id(0) * BLOCK_ROWS, n_rows, D, BLOCK_ROWS, BLOCK_D, WIDEN)
     lo = tl.program_id(1) * n_per_split
     return rows, rows < n_rows, q, lo, tl.minimum(lo + n_per_split, n_keys)
 
