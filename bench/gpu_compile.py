@@ -206,6 +206,14 @@ def compile_triton(c: Config) -> Config:
     return c
 
 
+def stored(c: Config) -> Dict:
+    """A configuration as --json writes it: a result read from the cache is stored as it was
+    first measured (its compile seconds included), so the file stays a valid cache."""
+    d = asdict(c)
+    d["result"] = {k: v for k, v in d["result"].items() if k != "cached"}
+    return d
+
+
 def verdict(c: Config) -> str:
     r = c.result
     if "error" in r:
@@ -245,23 +253,82 @@ def triton_configs(arches: List[int], full: bool) -> List[Config]:
     return configs
 
 
+SASS_OPS = ("HMMA", "LDSM", "LDS", "STS", "LDGSTS", "SHFL", "BAR")
+
+
+def sass_counts(sass: str) -> Dict[str, Dict[str, int]]:
+    """Static count of the instructions that show where a tensor-core kernel spends its
+    issue slots, per function of ``cuobjdump -sass`` output: HMMA (tensor core), LDSM
+    (ldmatrix), LDS/STS (other shared loads/stores), LDGSTS (cp.async), SHFL, BAR."""
+    counts, name = {}, None
+    for line in sass.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            name = m.group(1)
+            counts.setdefault(name, {op: 0 for op in SASS_OPS})
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", line)
+        if m and name and m.group(1) in SASS_OPS:
+            counts[name][m.group(1)] += 1
+    return counts
+
+
 def cuda_rows(module_path: Optional[str]) -> List[Dict]:
-    """``cuobjdump -res-usage`` of the built ``_C`` (its CUDA kernels), or [] without them."""
+    """``cuobjdump -res-usage`` of the built ``_C`` (its CUDA kernels; also any cubin), with
+    SASS instruction counts, or [] without them."""
     if module_path is None:
         return []
-    text = subprocess.run([_tool("cuobjdump"), "-res-usage", module_path], capture_output=True, text=True).stdout
     rows = []
-    for block in re.split(r"\n(?=Fatbin elf code)", text):
-        m = re.search(r"arch = sm_(\d+)", block)
-        arch = int(m.group(1)) if m else None
-        for entry in parse_usage(block):
-            entry["arch"] = arch
-            entry["ok"] = entry["spill_bytes"] == 0
-            rows.append(entry)
+    for flavour in ("-res-usage", "-sass"):
+        text = subprocess.run([_tool("cuobjdump"), flavour, module_path], capture_output=True, text=True).stdout
+        for block in re.split(r"\n(?=Fatbin elf code)", text):
+            m = re.search(r"arch = sm_(\d+)", block) or re.search(r"code for sm_(\d+)", block)
+            arch = int(m.group(1)) if m else None
+            if flavour == "-res-usage":
+                for entry in parse_usage(block):
+                    entry["arch"] = arch
+                    entry["ok"] = entry["spill_bytes"] == 0
+                    rows.append(entry)
+            else:
+                for name, ops in sass_counts(block).items():
+                    for entry in rows:
+                        if entry["function"] == name and entry["arch"] in (arch, None) and "sass" not in entry:
+                            entry["arch"] = entry["arch"] or arch  # a bare cubin names its arch only here
+                            entry["sass"] = ops
+                            break
     return rows
 
 
-def markdown(configs: List[Config], cuda: List[Dict], seconds: float) -> str:
+def cuda_shared_rows(arches: List[int]) -> List[Dict]:
+    """Dynamic shared memory of the CUDA kernels' blocks (from the module's own size
+    functions, which the launches use) at the largest D and every kept size, per target."""
+    from llp_kernels._extension import cuda_compiled, extension
+    if not cuda_compiled():
+        return []
+    C = extension()
+    rows = []
+    for arch in arches:
+        for dtype, code in (("fp32", 0), ("bf16", 1), ("fp16", 2)):
+            for dim in (128, C.cuda_max_dim):
+                cases = [("aggregation", 0)] + [("topk", kp) for kp in (32, 64, 128, C.cuda_max_kept)]
+                for kernel, kp in cases:
+                    shared = C.testing.cuda_shared_bytes(kernel, code, dim, kp)
+                    rows.append({"kernel": kernel, "arch": arch, "dtype": dtype, "dim": dim, "kp": kp,
+                                 "shared": shared, "ok": shared <= SHARED_LIMIT[arch]})
+    return rows
+
+
+def demangled(name: str) -> str:
+    """``topk_kernel<__nv_bfloat16, 64>`` from a mangled kernel name (c++filt when present)."""
+    try:
+        text = subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return name
+    m = re.search(r"(\w+_kernel<[^()]*>)", text)
+    return m.group(1) if m else text
+
+
+def markdown(configs: List[Config], cuda: List[Dict], cuda_shared: List[Dict], seconds: float) -> str:
     lines = ["| kernel | arch | dtype | D | rows | KP | blocks (Q/B, N, D) | warps/stages | shared B | regs | spills B | tensor cores | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
@@ -271,10 +338,21 @@ def markdown(configs: List[Config], cuda: List[Dict], seconds: float) -> str:
                      f"{r.get('warps', '')}/{r.get('stages', '')} | {r.get('shared', '')} | {r.get('registers', '')} | "
                      f"{r.get('spill_bytes', '')} | {'yes' if r.get('tensor_core') else 'no'} | {verdict(c)} |")
     if cuda:
-        lines += ["", "CUDA kernels of llp_kernels._C (cuobjdump -res-usage; dynamic shared memory is sized at launch):", "",
-                  "| function | arch | regs | static shared B | spills B |", "|---|---|---|---|---|"]
+        ops = " | ".join(SASS_OPS)
+        lines += ["", "CUDA kernels of llp_kernels._C (cuobjdump -res-usage and -sass: static instruction counts; "
+                  "dynamic shared memory is sized at launch):", "",
+                  f"| function | arch | regs | static shared B | spills B | {ops} |",
+                  "|---|---|---|---|---|" + "---|" * len(SASS_OPS)]
         for e in cuda:
-            lines.append(f"| {e['function'][:90]} | sm_{e['arch']} | {e['registers']} | {e['static_shared']} | {e['spill_bytes']} |")
+            counts = " | ".join(str(e.get("sass", {}).get(op, "")) for op in SASS_OPS)
+            lines.append(f"| {demangled(e['function'])} | sm_{e['arch']} | {e['registers']} | {e['static_shared']} | "
+                         f"{e['spill_bytes']} | {counts} |")
+    if cuda_shared:
+        lines += ["", "Dynamic shared memory of the CUDA kernels' blocks (bytes; limit sm_90 232,448, sm_80 166,912):", "",
+                  "| kernel | arch | dtype | D | KP | shared B | fits |", "|---|---|---|---|---|---|---|"]
+        for e in cuda_shared:
+            lines.append(f"| {e['kernel']} | sm_{e['arch']} | {e['dtype']} | {e['dim']} | {e['kp'] or ''} | "
+                         f"{e['shared']} | {'yes' if e['ok'] else 'NO'} |")
     compiled = [c for c in configs if not c.result.get("cached")]
     lines.append(f"\n{len(configs)} Triton configurations ({len(compiled)} compiled in this run, "
                  f"{sum(c.result.get('seconds', 0) for c in compiled):.0f} s of compiling; the rest from the "
@@ -293,6 +371,7 @@ def main(argv=None) -> int:
     parser.add_argument("--md", help="write the table here (Markdown)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA kernels of _C")
     parser.add_argument("--cache", help="a previous --json: reuse its results where nothing changed")
+    parser.add_argument("--cuda-module", help="read the CUDA kernels from this module or cubin instead of _C")
     args = parser.parse_args(argv)
     arches = args.arch or [90, 80]
     start = time.time()
@@ -313,18 +392,21 @@ def main(argv=None) -> int:
                   f"{c.result.get('registers')}, {c.result['seconds']} s)", flush=True)
     done = configs
     module = None
-    if not args.no_cuda:
+    if args.cuda_module:
+        module = args.cuda_module
+    elif not args.no_cuda:
         from llp_kernels._extension import cuda_compiled, extension
         module = extension().__file__ if cuda_compiled() else None
     cuda = cuda_rows(module)
+    cuda_shared = cuda_shared_rows(arches) if module and not args.cuda_module else []
     seconds = time.time() - start
-    bad = [c for c in done if verdict(c) != "ok"] + [e for e in cuda if not e["ok"]]
+    bad = [c for c in done if verdict(c) != "ok"] + [e for e in cuda + cuda_shared if not e["ok"]]
     if args.json:
         Path(args.json).write_text(json.dumps({"seconds": seconds, "shared_limit": SHARED_LIMIT,
-                                               "triton": [asdict(c) | {"verdict": verdict(c), "key": keys[id(c)]}
+                                               "triton": [stored(c) | {"verdict": verdict(c), "key": keys[id(c)]}
                                                           for c in done],
-                                               "cuda": cuda}, indent=1) + "\n")
-    table = markdown(done, cuda, seconds)
+                                               "cuda": cuda, "cuda_shared": cuda_shared}, indent=1) + "\n")
+    table = markdown(done, cuda, cuda_shared, seconds)
     if args.md:
         Path(args.md).write_text(table)
     print(table)

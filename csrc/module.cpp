@@ -131,6 +131,11 @@ PYBIND11_MODULE(_C, m) {
     const auto s = llp::cuda::tiles::slice_rows(row_blocks, N, bn, min_tiles, sms);
     return py::make_tuple(s.count, s.rows);
   }, "The split-N planner on its own (for tests): (slices, rows per slice).");
+  testing.def("cuda_shared_bytes", [](const std::string& kernel, int dtype, int64_t D, int kp) -> int64_t {
+    if (kernel == "aggregation") return llp::cuda::aggregation_shared_bytes(dtype, D);
+    if (kernel == "topk") return llp::cuda::topk_shared_bytes(kp, dtype, D);
+    throw py::value_error("kernel must be 'aggregation' or 'topk', got " + kernel);
+  }, "Dynamic shared memory of one block of a CUDA kernel (bytes): kernel, dtype code, D, kept size.");
   m.def("cuda_aggregation_plan", [](int64_t B, int64_t N, int64_t D, int bank_dtype, bool backward_pass, int device) {
     const auto plan = llp::cuda::aggregation_plan(B, N, D, bank_dtype, backward_pass, device);
     return py::make_tuple(plan.splits, plan.n_per_split, plan.rows_padded, plan.dim_padded);

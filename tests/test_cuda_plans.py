@@ -43,7 +43,7 @@ def test_aggregation_plan_shapes(dtype_code, bn, backward):
     for B, N, D in itertools.product([1, 33, 4096], [1, 77, 1_000_003], [1, 64, 100, 256]):
         splits, n_per_split, rows_padded, dim_padded = C.cuda_aggregation_plan(B, N, D, dtype_code, backward, 0)
         assert n_per_split % bn == 0 and splits * n_per_split >= N > (splits - 1) * n_per_split
-        assert rows_padded % 32 == 0 and B <= rows_padded < B + 32
+        assert rows_padded % 64 == 0 and B <= rows_padded < B + 64
         assert dim_padded % 16 == 0 and D <= dim_padded < D + 16
 
 
@@ -53,3 +53,26 @@ def test_topk_plan_keeps_slices_longer_than_the_kept_list(kp):
         splits, n_per_split = C.cuda_topk_plan(Q, N, kp, 1, 0)
         assert n_per_split % 64 == 0 and splits * n_per_split >= N > (splits - 1) * n_per_split
         assert splits == 1 or n_per_split >= 4 * kp
+
+
+SM80_OPTIN = 166_912  # bytes of dynamic shared memory one block may opt into on sm_80 (sm_90: 232,448)
+
+
+@pytest.mark.parametrize("dtype_code", [0, 1, 2])
+def test_every_cuda_kernel_configuration_fits_an_sm80_block(dtype_code):
+    # Shared memory grows with D and the kept list: the largest of each is the worst case,
+    # and every D up to the limit must fit on the smallest target.
+    for D in [1, 16, 100, 128, 129, C.cuda_max_dim]:
+        agg = C.testing.cuda_shared_bytes("aggregation", dtype_code, D, 0)
+        assert 0 < agg <= SM80_OPTIN, (dtype_code, D, agg)
+        for kp in [32, 64, 128, C.cuda_max_kept]:
+            topk = C.testing.cuda_shared_bytes("topk", dtype_code, D, kp)
+            assert 0 < topk <= SM80_OPTIN, (dtype_code, D, kp, topk)
+    # and the sizes grow with D as the tiles say (double-buffered key tiles, 16-byte row padding)
+    assert C.testing.cuda_shared_bytes("aggregation", dtype_code, 256, 0) > \
+        C.testing.cuda_shared_bytes("aggregation", dtype_code, 128, 0)
+
+
+def test_shared_bytes_rejects_an_unknown_kernel():
+    with pytest.raises(ValueError, match="kernel must be"):
+        C.testing.cuda_shared_bytes("nope", 0, 64, 0)

@@ -1,22 +1,29 @@
 // Aggregation loss on CUDA tensor cores (paper eq. 1-2): the dual log-sum-exp forward
 // and the dq backward, without a B x N buffer.
 //
-// Forward: a block owns BM = 64 queries and one slice of the bank (split-N, so small
-// batches still fill the GPU). The queries stay in shared memory; bank tiles of BN rows
-// stream through it. Each of the 4 warps computes its 16 x BN similarity strip with
-// WMMA (bf16/fp16 natively, fp32 as TF32 or, when torch forbids TF32, as 3xTF32: the
-// hi/lo split that recovers fp32 accuracy on tensor cores), writes it to shared memory
-// and folds it into running (max, sum) pairs for all rows and for same-label rows, in
-// base 2 (exp2f). Per-slice partials go to parts[4][S][B] and the host combines them.
+// Both kernels: a block owns BM = 64 queries (16 per warp) and one slice of the bank
+// (split-N, so small batches still fill the GPU). The queries stay in shared memory;
+// bank tiles of BN rows (64 for 16-bit banks, 32 for fp32) stream through a double
+// buffer filled by cp.async while the previous tile is used. Each warp computes its
+// 16 x BN similarity strip with mma.sync fed by ldmatrix (register-blocked along the
+// bank rows: one A fragment serves BN / 8 products), bf16/fp16 natively, fp32 as TF32
+// or, when torch forbids TF32, as 3xTF32 (the hi/lo split that recovers fp32 accuracy).
+// The strip never leaves registers.
+//
+// Forward: each thread holds two query rows (g and g + 8 of its warp's 16) and folds its
+// columns of the strip into running (max, sum) pairs for all rows and for same-label
+// rows, in base 2 (exp2f), with quad shuffles for the row-wise max and sum. Per-slice
+// partials go to parts[4][S][B] and the host combines them.
 //
 // Backward: w_bj = g_b/tau * (exp(s_bj - lse_all_b) - [same] exp(s_bj - lse_same_b)),
-// recomputed per tile, then dq += w @ bank_tile, again with WMMA (w rounded to the bank
-// dtype for 16-bit banks, as the Triton backend does). BM = 32 rows per block; each warp
-// accumulates a 16 x Dp/2 part of dq in registers and stores it to parts[S][Bp][Dp].
+// recomputed per tile in the accumulator registers, which then serve directly as the A
+// operand of dq += w @ bank_tile (rounded to the bank dtype for 16-bit banks, as the
+// Triton backend does; fp32 keeps the k order of the accumulator layout, which a dot
+// product does not care about). Each warp accumulates its 16 x Dp part of dq in
+// registers and stores it to parts[S][Bp][Dp].
 //
-// Requires compute capability 8.0+ (bf16 and TF32 WMMA). D <= 256.
+// Requires compute capability 8.0+ (bf16/TF32 mma.sync, cp.async). D <= 256.
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <atomic>
 #include <cmath>
@@ -27,18 +34,51 @@
 #include "cuda/device_types.cuh"
 #include "cuda/kernels.h"
 #include "cuda/launch_check.cuh"
-#include "cuda/wmma_tiles.cuh"
+#include "cuda/mma_tiles.cuh"
 
 namespace llp::cuda {
 
 namespace {
 
-constexpr int kForwardRows = 64;
-constexpr int kBackwardRows = 32;
+constexpr int kRows = 64;  // queries per block, forward and backward: 16 per warp
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 using namespace tiles;
+
+// Shared memory of both kernels: Qs [kRows][ld], Ks [2][BN][ld], Ls [2][BN] labels.
+size_t kernel_smem(int dtype, int Dp) {
+  const size_t size = dtype == kFloat32 ? 4 : 2;
+  const int BN = bank_tile_rows(dtype);
+  return (kRows + 2 * BN) * (Dp + 16 / size) * size + 2 * BN * sizeof(int64_t);
+}
+template <typename T> size_t kernel_smem(int Dp) { return kernel_smem(std::is_same_v<T, float> ? kFloat32 : kBFloat16, Dp); }
+
+// First bank tile of a slice into stage 0 (cp.async, committed).
+template <typename T>
+__device__ void prefetch_tile(T* Ks, int64_t* Ls, int ld, const T* bank, const int64_t* labels, int64_t t0,
+                              int64_t hi, int D, int Dp) {
+  constexpr int BN = bank_tile_rows<T>();
+  load_tile_async(Ks, ld, bank, t0, BN, hi, D, Dp);
+  load_column_values_async(Ls, labels, t0, BN, hi);
+  async_commit();
+}
+
+// Tile i of a slice is in stage i % 2 once this returns (all threads); starts loading
+// tile i + 1 into the other stage first when there is one.
+template <typename T>
+__device__ void next_tile(T* Ks, int64_t* Ls, int ld, const T* bank, const int64_t* labels, int64_t i,
+                          int64_t tiles, int64_t lo, int64_t hi, int D, int Dp) {
+  constexpr int BN = bank_tile_rows<T>();
+  if (i + 1 < tiles) {
+    const int other = static_cast<int>((i + 1) & 1);
+    prefetch_tile(Ks + other * BN * ld, Ls + other * BN, ld, bank, labels, lo + (i + 1) * BN, hi, D, Dp);
+    async_wait<1>();
+  } else {
+    async_wait<0>();
+  }
+  __syncthreads();
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -48,105 +88,166 @@ aggregation_forward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
                            int64_t B, int64_t N, int D, int Dp, int64_t n_per_split,
                            float scale2, bool split) {
 #ifdef LLP_TENSOR_CORES
-  constexpr int BM = kForwardRows;
   constexpr int BN = bank_tile_rows<T>();
-  constexpr int lds = BN + kPad;
+  constexpr int NF = BN / 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int ld = Dp + kPad;
+  const int ld = Dp + pad<T>();
   T* Qs = reinterpret_cast<T*>(smem);
-  T* Ks = Qs + BM * ld;
-  float* Ss = reinterpret_cast<float*>(Ks + BN * ld);
-  int64_t* Ls = reinterpret_cast<int64_t*>(Ss + BM * lds);
+  T* Ks = Qs + kRows * ld;
+  int64_t* Ls = reinterpret_cast<int64_t*>(Ks + 2 * BN * ld);
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int64_t lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
   const int64_t hi = lo + n_per_split < N ? lo + n_per_split : N;
-  load_tile(Qs, ld, q, row0, BM, B, D, Dp);
+  const int64_t tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
+  if (tiles > 0) prefetch_tile(Ks, Ls, ld, bank, bank_labels, lo, hi, D, Dp);
+  load_tile(Qs, ld, q, row0, kRows, B, D, Dp);
 
-  // Lane r (< 16) keeps the running state of the warp's row r; others hold copies of nothing.
-  const int64_t my_row = row0 + warp * 16 + (lane & 15);
-  const int64_t my_label = my_row < B ? query_labels[my_row] : -2;  // -2 matches no bank row
-  float m_all = -INFINITY, s_all = 0.0f, m_same = -INFINITY, s_same = 0.0f;
-
-  for (int64_t t0 = lo; t0 < hi; t0 += BN) {
-    __syncthreads();  // the previous tile's Ks/Ls are no longer read
-    load_tile(Ks, ld, bank, t0, BN, hi, D, Dp);
-    for (int i = threadIdx.x; i < BN; i += kThreads) Ls[i] = t0 + i < hi ? bank_labels[t0 + i] : -1;
-    __syncthreads();
-
-    float* strip = Ss + warp * 16 * lds;
+  // This thread's rows h = 0, 1: row0 + 16 warp + g + 8 h (g = lane / 4), shared by a quad.
+  int64_t my_row[2], my_label[2];
+  float m_all[2], s_all[2], m_same[2], s_same[2];
 #pragma unroll
-    for (int j = 0; j < BN / 16; ++j) {
-      FragC<T> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      mma_accumulate<T, wmma::col_major>(acc, Qs + warp * 16 * ld, ld, Ks + j * 16 * ld, ld, Dp, split);
-      wmma::store_matrix_sync(strip + j * 16, acc, lds, wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    for (int r = 0; r < 16; ++r) {
-      const int64_t label = __shfl_sync(kFull, my_label, r);
-      float vals[BN / 32];
-      bool same[BN / 32];
-      float tile_max = -INFINITY, tile_max_same = -INFINITY;
-      bool bad = false, bad_same = false;  // a non-finite logit (NaN or inf input): NaN sums
-#pragma unroll
-      for (int j = 0; j < BN / 32; ++j) {
-        const int c = lane + 32 * j;
-        const bool ok = t0 + c < hi;
-        const float x = ok ? strip[r * lds + c] * scale2 : -INFINITY;
-        const bool finite = isfinite(x);
-        same[j] = ok && Ls[c] == label;
-        bad |= ok && !finite;
-        bad_same |= same[j] && !finite;
-        vals[j] = finite ? x : -INFINITY;
-        tile_max = fmaxf(tile_max, vals[j]);
-        if (same[j]) tile_max_same = fmaxf(tile_max_same, vals[j]);
-      }
-      tile_max = warp_max(tile_max);
-      tile_max_same = warp_max(tile_max_same);
-      bad = __any_sync(kFull, bad);
-      bad_same = __any_sync(kFull, bad_same);
-      const float m_old = __shfl_sync(kFull, m_all, r), s_old = __shfl_sync(kFull, s_all, r);
-      const float ms_old = __shfl_sync(kFull, m_same, r), ss_old = __shfl_sync(kFull, s_same, r);
-
-      const float m_new = fmaxf(m_old, tile_max);
-      float sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < BN / 32; ++j) sum += exp2f(vals[j] - m_new);
-      sum = warp_sum(sum);
-      const float s_new = bad ? NAN : s_old * exp2f(m_old - m_new) + sum;
-
-      const float ms_new = fmaxf(ms_old, tile_max_same);
-      float ss_new = ss_old;
-      if (ms_new != -INFINITY) {  // uniform across the warp
-        float ssum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < BN / 32; ++j) ssum += same[j] ? exp2f(vals[j] - ms_new) : 0.0f;
-        ss_new = ss_old * exp2f(ms_old - ms_new) + warp_sum(ssum);
-      }
-      if (bad_same) ss_new = NAN;
-      if (lane == r) {
-        m_all = m_new;
-        s_all = s_new;
-        m_same = ms_new;
-        s_same = ss_new;
-      }
-    }
+  for (int h = 0; h < 2; ++h) {
+    my_row[h] = row0 + warp * 16 + (lane >> 2) + 8 * h;
+    my_label[h] = my_row[h] < B ? query_labels[my_row[h]] : -2;  // -2 matches no bank row
+    m_all[h] = m_same[h] = -INFINITY;
+    s_all[h] = s_same[h] = 0.0f;
   }
-  if (lane < 16 && my_row < B) {
-    const int64_t at = static_cast<int64_t>(blockIdx.y) * B + my_row;
-    const int64_t plane = static_cast<int64_t>(gridDim.y) * B;
-    parts[at] = m_all * kLn2;  // back to natural-log units
-    parts[plane + at] = s_all;
-    parts[2 * plane + at] = m_same * kLn2;
-    parts[3 * plane + at] = s_same;
+
+  for (int64_t i = 0; i < tiles; ++i) {
+    next_tile(Ks, Ls, ld, bank, bank_labels, i, tiles, lo, hi, D, Dp);
+    const int stage = static_cast<int>(i & 1);
+    const T* Kt = Ks + stage * BN * ld;
+    const int64_t* Lt = Ls + stage * BN;
+    const int64_t t0 = lo + i * BN;
+
+    float acc[NF][4] = {};
+    product_abt<T, NF>(acc, Qs + warp * 16 * ld, ld, Kt, ld, Dp, split);
+
+    // bit 2h: a non-finite logit in row h (NaN or inf input: the sums become NaN); bit
+    // 2h + 1: one among the row's same-label columns.
+    unsigned bad = 0;
+    float tile_max[2] = {-INFINITY, -INFINITY}, tile_max_same[2] = {-INFINITY, -INFINITY};
+    bool same[2][2 * NF];
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = 8 * j + 2 * t + e;
+        const bool ok = t0 + c < hi;
+        const int64_t label = Lt[c];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float x = ok ? acc[j][2 * h + e] * scale2 : -INFINITY;
+          const bool finite = isfinite(x);
+          same[h][2 * j + e] = ok && label == my_label[h];
+          if (ok && !finite) bad |= 1u << (2 * h);
+          if (same[h][2 * j + e] && !finite) bad |= 2u << (2 * h);
+          acc[j][2 * h + e] = finite ? x : -INFINITY;
+          tile_max[h] = fmaxf(tile_max[h], acc[j][2 * h + e]);
+          if (same[h][2 * j + e]) tile_max_same[h] = fmaxf(tile_max_same[h], acc[j][2 * h + e]);
+        }
+      }
+    }
+    bad = quad_or(bad);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float m_new = fmaxf(m_all[h], quad_max(tile_max[h]));
+      const float ms_new = fmaxf(m_same[h], quad_max(tile_max_same[h]));
+      float sum = 0.0f, sum_same = 0.0f;
+#pragma unroll
+      for (int j = 0; j < NF; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float v = acc[j][2 * h + e];
+          sum += exp2f(v - m_new);
+          if (same[h][2 * j + e] && ms_new != -INFINITY) sum_same += exp2f(v - ms_new);
+        }
+      }
+      sum = quad_sum(sum);
+      sum_same = quad_sum(sum_same);
+      s_all[h] = (bad >> (2 * h)) & 1u ? NAN : s_all[h] * exp2f(m_all[h] - m_new) + sum;
+      if (ms_new != -INFINITY) s_same[h] = s_same[h] * exp2f(m_same[h] - ms_new) + sum_same;
+      if ((bad >> (2 * h + 1)) & 1u) s_same[h] = NAN;
+      m_all[h] = m_new;
+      m_same[h] = ms_new;
+    }
+    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (t == 0 && my_row[h] < B) {
+      const int64_t at = static_cast<int64_t>(blockIdx.y) * B + my_row[h];
+      const int64_t plane = static_cast<int64_t>(gridDim.y) * B;
+      parts[at] = m_all[h] * kLn2;  // back to natural-log units
+      parts[plane + at] = s_all[h];
+      parts[2 * plane + at] = m_same[h] * kLn2;
+      parts[3 * plane + at] = s_same[h];
+    }
   }
 #endif
 }
 
-template <typename T>
+#ifdef LLP_TENSOR_CORES
+// dq[f] += W K for one bank tile: W (16 x BN, one warp's rows) in accumulator layout
+// w[j] (the m16n8 tiles along the bank rows), K the tile [BN][ld] in shared memory,
+// dq[f] the m16n8 tiles along the Dp output dimensions (DQ >= Dp / 8 of them).
+template <typename T, int NF, int DQ>
+__device__ void accumulate_dq(float (&dq)[DQ][4], const float (&w)[NF][4], const T* Kt, int ld, int Dp,
+                              bool split) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  if constexpr (std::is_same_v<T, float>) {
+    // m16n8k8 over bank rows 8j .. 8j + 7, taken in the order (0, 2, 4, 6, 1, 3, 5, 7):
+    // A(g, t) = W(g, 8j + 2t) = w[j][0], A(g, t + 4) = W(g, 8j + 2t + 1) = w[j][1], and
+    // B(t, n) = K[8j + 2t][n], B(t + 4, n) = K[8j + 2t + 1][n] to match.
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      const uint32_t a[4] = {__float_as_uint(w[j][0]), __float_as_uint(w[j][2]), __float_as_uint(w[j][1]),
+                             __float_as_uint(w[j][3])};
+      const float* k0 = Kt + (8 * j + 2 * t) * ld + g;
+#pragma unroll
+      for (int f = 0; f < DQ; ++f) {
+        if (8 * f < Dp) {
+          const uint32_t b[2] = {__float_as_uint(k0[8 * f]), __float_as_uint(k0[ld + 8 * f])};
+          mma_maybe_split<T>(dq[f], a, b, split);
+        }
+      }
+    }
+  } else {
+    using Pair = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, __nv_bfloat162, __half2>;
+    // m16n8k16 over bank rows 16 kk .. 16 kk + 15: the A fragment is the accumulators of
+    // tiles 2 kk and 2 kk + 1 packed in pairs; B = K (k = bank row) through ldmatrix.trans:
+    // matrices (rows 0-7 | 8-15) x (dims 0-7 | 8-15 of a pair of output tiles).
+    const T* b_lane = Kt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * ld + 8 * (lane >> 4);
+#pragma unroll
+    for (int kk = 0; kk < NF / 2; ++kk) {
+      uint32_t a[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float* src = w[2 * kk + (r >> 1)] + 2 * (r & 1);
+        Pair pair;
+        if constexpr (std::is_same_v<T, __nv_bfloat16>) pair = __floats2bfloat162_rn(src[0], src[1]);
+        else pair = __floats2half2_rn(src[0], src[1]);
+        a[r] = *reinterpret_cast<uint32_t*>(&pair);
+      }
+#pragma unroll
+      for (int f = 0; f + 1 < DQ; f += 2) {
+        if (8 * f < Dp) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, b_lane + 16 * kk * ld + 8 * f);
+          const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+          mma<T>(dq[f], a, b0);
+          mma<T>(dq[f + 1], a, b1);
+        }
+      }
+    }
+  }
+}
+#endif
+
+// DQ: output m16n8 tiles per warp the registers are sized for (Dp / 8 <= DQ).
+template <typename T, int DQ>
 __global__ void __launch_bounds__(kThreads)
 aggregation_backward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
                             const int64_t* __restrict__ bank_labels,
@@ -156,96 +257,78 @@ aggregation_backward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
                             int64_t B, int64_t Bp, int64_t N, int D, int Dp, int64_t n_per_split,
                             float scale2, bool split) {
 #ifdef LLP_TENSOR_CORES
-  constexpr int BM = kBackwardRows;
   constexpr int BN = bank_tile_rows<T>();
-  constexpr int lds = BN + kPad;
-  constexpr int kMaxColFrags = kMaxDim / 16 / 2;  // per warp: half of Dp in 16-wide fragments
+  constexpr int NF = BN / 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int ld = Dp + kPad;
+  const int ld = Dp + pad<T>();
   T* Qs = reinterpret_cast<T*>(smem);
-  T* Ks = Qs + BM * ld;
-  float* Ss = reinterpret_cast<float*>(Ks + BN * ld);
-  T* Ws = reinterpret_cast<T*>(Ss + BM * lds);
-  float* row_lse_all = reinterpret_cast<float*>(Ws + BM * lds);
-  float* row_lse_same = row_lse_all + BM;
-  float* row_coef = row_lse_same + BM;
-  int64_t* row_label = reinterpret_cast<int64_t*>(row_coef + BM);
-  int64_t* Ls = row_label + BM;
+  T* Ks = Qs + kRows * ld;
+  int64_t* Ls = reinterpret_cast<int64_t*>(Ks + 2 * BN * ld);
 
-  const int warp = threadIdx.x >> 5;
-  const int row_block = warp & 1, col_half = warp >> 1;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int64_t lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
   const int64_t hi = lo + n_per_split < N ? lo + n_per_split : N;
-  load_tile(Qs, ld, q, row0, BM, B, D, Dp);
-  for (int i = threadIdx.x; i < BM; i += kThreads) {
-    const int64_t g = row0 + i;
-    const bool ok = g < B;
-    row_lse_all[i] = ok ? lse_all[g] * kLog2e : 0.0f;
-    row_lse_same[i] = ok ? lse_same[g] * kLog2e : 0.0f;
-    row_coef[i] = ok ? coef[g] : 0.0f;
-    row_label[i] = ok ? query_labels[g] : -2;
+  const int64_t tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
+  if (tiles > 0) prefetch_tile(Ks, Ls, ld, bank, bank_labels, lo, hi, D, Dp);
+  load_tile(Qs, ld, q, row0, kRows, B, D, Dp);
+
+  // This thread's rows h = 0, 1 (as in the forward), their LSEs in base 2 and coefficients.
+  int64_t my_label[2];
+  float my_lse_all[2], my_lse_same[2], my_coef[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t row = row0 + warp * 16 + (lane >> 2) + 8 * h;
+    const bool ok = row < B;
+    my_label[h] = ok ? query_labels[row] : -2;
+    my_lse_all[h] = ok ? lse_all[row] * kLog2e : 0.0f;
+    my_lse_same[h] = ok ? lse_same[row] * kLog2e : 0.0f;
+    my_coef[h] = ok ? coef[row] : 0.0f;
   }
 
-  FragC<T> dq[kMaxColFrags];
+  float dq[DQ][4] = {};
+  for (int64_t i = 0; i < tiles; ++i) {
+    next_tile(Ks, Ls, ld, bank, bank_labels, i, tiles, lo, hi, D, Dp);
+    const int stage = static_cast<int>(i & 1);
+    const T* Kt = Ks + stage * BN * ld;
+    const int64_t* Lt = Ls + stage * BN;
+    const int64_t t0 = lo + i * BN;
+
+    float w[NF][4] = {};
+    product_abt<T, NF>(w, Qs + warp * 16 * ld, ld, Kt, ld, Dp, split);
 #pragma unroll
-  for (int f = 0; f < kMaxColFrags; ++f) wmma::fill_fragment(dq[f], 0.0f);
-  const int col_frags = Dp / 16;
-
-  for (int64_t t0 = lo; t0 < hi; t0 += BN) {
-    __syncthreads();
-    load_tile(Ks, ld, bank, t0, BN, hi, D, Dp);
-    for (int i = threadIdx.x; i < BN; i += kThreads) Ls[i] = t0 + i < hi ? bank_labels[t0 + i] : -1;
-    __syncthreads();
-
-    for (int j = col_half; j < BN / 16; j += 2) {
-      FragC<T> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      mma_accumulate<T, wmma::col_major>(acc, Qs + row_block * 16 * ld, ld, Ks + j * 16 * ld, ld, Dp, split);
-      wmma::store_matrix_sync(Ss + row_block * 16 * lds + j * 16, acc, lds, wmma::mem_row_major);
-    }
-    __syncthreads();
-
-    for (int i = threadIdx.x; i < BM * BN; i += kThreads) {
-      const int r = i / BN, c = i % BN;
-      const float s = Ss[r * lds + c] * scale2;
-      float w = 0.0f;
-      if (t0 + c < hi && row_coef[r] != 0.0f) {
-        w = exp2f(s - row_lse_all[r]);
-        if (Ls[c] == row_label[r]) w -= exp2f(s - row_lse_same[r]);
-        w *= row_coef[r];
+    for (int j = 0; j < NF; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = 8 * j + 2 * t + e;
+        const bool ok = t0 + c < hi;
+        const int64_t label = Lt[c];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float s = w[j][2 * h + e] * scale2;
+          float weight = 0.0f;
+          if (ok && my_coef[h] != 0.0f) {
+            weight = exp2f(s - my_lse_all[h]);
+            if (label == my_label[h]) weight -= exp2f(s - my_lse_same[h]);
+            weight *= my_coef[h];
+          }
+          w[j][2 * h + e] = weight;
+        }
       }
-      Dev<T>::store(Ws + r * lds + c, w);
     }
-    __syncthreads();
-
-#pragma unroll
-    for (int f = 0; f < kMaxColFrags; ++f) {
-      const int col_frag = col_half + 2 * f;
-      if (col_frag < col_frags)
-        mma_accumulate<T, wmma::row_major>(dq[f], Ws + row_block * 16 * lds, lds, Ks + col_frag * 16, ld, BN, split);
-    }
+    accumulate_dq<T, NF, DQ>(dq, w, Kt, ld, Dp, split);
+    __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
-  float* out = parts + (static_cast<int64_t>(blockIdx.y) * Bp + row0 + row_block * 16) * Dp;
+  float* out = parts + (static_cast<int64_t>(blockIdx.y) * Bp + row0 + warp * 16 + (lane >> 2)) * Dp + 2 * t;
 #pragma unroll
-  for (int f = 0; f < kMaxColFrags; ++f) {
-    const int col_frag = col_half + 2 * f;
-    if (col_frag < col_frags) wmma::store_matrix_sync(out + col_frag * 16, dq[f], Dp, wmma::mem_row_major);
+  for (int f = 0; f < DQ; ++f) {
+    if (8 * f < Dp) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<float2*>(out + 8 * h * Dp + 8 * f) = make_float2(dq[f][2 * h], dq[f][2 * h + 1]);
+    }
   }
 #endif
-}
-
-template <typename T> size_t forward_smem(int Dp) {
-  constexpr int BN = bank_tile_rows<T>();
-  return (kForwardRows + BN) * static_cast<size_t>(Dp + kPad) * sizeof(T) +
-         kForwardRows * static_cast<size_t>(BN + kPad) * sizeof(float) + BN * sizeof(int64_t);
-}
-
-template <typename T> size_t backward_smem(int Dp) {
-  constexpr int BN = bank_tile_rows<T>();
-  return (kBackwardRows + BN) * static_cast<size_t>(Dp + kPad) * sizeof(T) +
-         kBackwardRows * static_cast<size_t>(BN + kPad) * (sizeof(float) + sizeof(T)) +
-         kBackwardRows * (3 * sizeof(float) + sizeof(int64_t)) + BN * sizeof(int64_t);
 }
 
 // Device checks shared by both launches; empty on success.
@@ -272,10 +355,10 @@ std::string forward(const void* q, const void* bank, const int64_t* bank_labels,
                     float inv_tau, bool split, int device, cudaStream_t stream) {
   static std::atomic<bool> first{true};
   const int Dp = dim_padded(D);
-  const size_t smem = forward_smem<T>(Dp);
+  const size_t smem = kernel_smem<T>(Dp);
   const void* kernel = reinterpret_cast<const void*>(&aggregation_forward_kernel<T>);
   if (std::string err = prepare("aggregation_forward_kernel", device, D, smem, kernel); !err.empty()) return err;
-  const dim3 grid(static_cast<unsigned>((B + kForwardRows - 1) / kForwardRows), static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>((B + kRows - 1) / kRows), static_cast<unsigned>(splits));
   aggregation_forward_kernel<T><<<grid, kThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(bank), bank_labels, query_labels, parts, B, N,
       static_cast<int>(D), Dp, n_per_split, inv_tau * kLog2e, split);
@@ -287,31 +370,44 @@ std::string backward(const void* q, const void* bank, const int64_t* bank_labels
                      const float* lse_all, const float* lse_same, const float* coef, float* parts,
                      int64_t B, int64_t N, int64_t D, int64_t splits, int64_t n_per_split, float inv_tau,
                      bool split, int device, cudaStream_t stream) {
-  static std::atomic<bool> first{true};
   const int Dp = dim_padded(D);
-  const size_t smem = backward_smem<T>(Dp);
-  const void* kernel = reinterpret_cast<const void*>(&aggregation_backward_kernel<T>);
+  const size_t smem = kernel_smem<T>(Dp);
+  // Registers for the dq tiles are sized at compile time: 16 of them up to D = 128.
+  const bool narrow = Dp <= 128;
+  const void* kernel = narrow ? reinterpret_cast<const void*>(&aggregation_backward_kernel<T, 16>)
+                              : reinterpret_cast<const void*>(&aggregation_backward_kernel<T, kMaxDim / 8>);
   if (std::string err = prepare("aggregation_backward_kernel", device, D, smem, kernel); !err.empty()) return err;
-  const int64_t Bp = (B + kBackwardRows - 1) / kBackwardRows * kBackwardRows;
-  const dim3 grid(static_cast<unsigned>(Bp / kBackwardRows), static_cast<unsigned>(splits));
-  aggregation_backward_kernel<T><<<grid, kThreads, smem, stream>>>(
+  const int64_t Bp = (B + kRows - 1) / kRows * kRows;
+  const dim3 grid(static_cast<unsigned>(Bp / kRows), static_cast<unsigned>(splits));
+  static std::atomic<bool> first_narrow{true}, first_wide{true};
+  if (narrow) {
+    aggregation_backward_kernel<T, 16><<<grid, kThreads, smem, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(bank), bank_labels, query_labels, lse_all, lse_same,
+        coef, parts, B, Bp, N, static_cast<int>(D), Dp, n_per_split, inv_tau * kLog2e, split);
+    return check_launch("aggregation_backward_kernel", stream, first_narrow);
+  }
+  aggregation_backward_kernel<T, kMaxDim / 8><<<grid, kThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(bank), bank_labels, query_labels, lse_all, lse_same,
       coef, parts, B, Bp, N, static_cast<int>(D), Dp, n_per_split, inv_tau * kLog2e, split);
-  return check_launch("aggregation_backward_kernel", stream, first);
+  return check_launch("aggregation_backward_kernel", stream, first_wide);
 }
 
 }  // namespace
 
 AggregationPlan aggregation_plan(int64_t B, int64_t N, int64_t D, int bank_dtype, bool backward_pass, int device) {
   AggregationPlan plan;
-  const int64_t rows = backward_pass ? kBackwardRows : kForwardRows;
+  const int64_t rows = kRows;
   const int64_t bn = bank_tile_rows(bank_dtype);
   const Slices slices = slice_rows((B + rows - 1) / rows, N, bn, 1, multiprocessor_count(device));
   plan.splits = slices.count;
   plan.n_per_split = slices.rows;
-  plan.rows_padded = (B + kBackwardRows - 1) / kBackwardRows * kBackwardRows;
+  plan.rows_padded = (B + kRows - 1) / kRows * kRows;
   plan.dim_padded = dim_padded(D);
   return plan;
+}
+
+int64_t aggregation_shared_bytes(int bank_dtype, int64_t D) {
+  return static_cast<int64_t>(kernel_smem(bank_dtype, dim_padded(D)));
 }
 
 std::string aggregation_forward(const void* q, const void* bank, int bank_dtype, const int64_t* bank_labels,

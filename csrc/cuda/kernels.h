@@ -56,6 +56,12 @@ std::string topk(const void* q, const void* keys, int key_dtype, const float* bi
                  int64_t N, int64_t D, int kp, int64_t splits, int64_t n_per_split, float inv_tau, bool exact_fp32,
                  int device, void* stream);
 
+// Dynamic shared memory of one block (bytes), which each launch checks against the
+// device's opt-in limit: the aggregation kernels (forward and backward take the same) and
+// the top-k with kept list kp.
+int64_t aggregation_shared_bytes(int bank_dtype, int64_t D);
+int64_t topk_shared_bytes(int kp, int key_dtype, int64_t D);
+
 // Number of visible devices, or -1 with the reason in `why` when the runtime/driver
 // cannot be used (e.g. no driver on a CPU-only machine).
 int device_count(std::string* why);

@@ -5,9 +5,12 @@
 // the low half, so one integer comparison orders by value and, among equal values,
 // puts the lower index first (the layout the Triton backend and the host merge use).
 //
-// A block owns BM queries (32, or 16 when KP = 256) and one slice of the keys. Key
-// tiles of BN rows stream through shared memory; the 4 warps compute the BM x BN
-// similarity tile with WMMA, then each warp takes its rows in turn:
+// A block owns BM queries (32, or 16 for the largest kept lists) and one slice of the
+// keys. Key tiles of BN rows stream through a double buffer in shared memory (cp.async
+// fills the next tile while this one is used); the 4 warps compute the BM x BN
+// similarity tile with ldmatrix + mma.sync (each warp a 16 x BN*BM/64 strip,
+// register-blocked along the keys) and write it to shared memory, then each warp takes
+// its rows in turn:
 //   filter  every lane tests its columns against the row's threshold (the KP-th best
 //           key so far); survivors are appended to the row's candidate buffer with a
 //           warp ballot (compaction without atomics);
@@ -25,7 +28,7 @@
 #include "common/dtype.h"
 #include "cuda/kernels.h"
 #include "cuda/launch_check.cuh"
-#include "cuda/wmma_tiles.cuh"
+#include "cuda/mma_tiles.cuh"
 
 namespace llp::cuda {
 
@@ -36,8 +39,12 @@ using namespace tiles;
 // Padding: below every real key, NaN scores included (the smallest int64).
 constexpr int64_t kSentinel = static_cast<int64_t>(0x8000000000000000ULL);
 
-// Queries per block: fewer for the largest kept lists, whose shared memory grows with KP.
-constexpr int topk_rows(int kp) { return kp >= 256 ? 16 : 32; }
+// Queries per block: fewer for the largest kept lists, whose shared memory grows with KP
+// (so that every kept size fits an sm_80 block at D = 256 with the double buffer).
+constexpr int topk_rows(int kp, int key_dtype) { return kp >= 256 || (kp >= 128 && key_dtype == kFloat32) ? 16 : 32; }
+template <typename T> constexpr int topk_rows(int kp) {
+  return topk_rows(kp, std::is_same_v<T, float> ? kFloat32 : kBFloat16);
+}
 
 // A NaN score ranks below every number: its high half is INT32_MIN + 1 (above padding).
 __device__ inline int64_t pack(float value, int64_t column) {
@@ -87,24 +94,33 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
             int64_t* __restrict__ out, int64_t Q, int64_t N, int D, int Dp, int64_t n_per_split,
             float inv_tau, bool split) {
 #ifdef LLP_TENSOR_CORES
-  constexpr int BM = topk_rows(KP);
+  constexpr int BM = topk_rows<T>(KP);
   constexpr int BN = bank_tile_rows<T>();
-  constexpr int lds = BN + kPad;
-  constexpr int kColFrags = BN / 16;
+  constexpr int RB = BM / 16;            // 16-row blocks
+  constexpr int WN = BN * RB / kWarps;   // key columns per warp
+  constexpr int NF = WN / 8;
+  constexpr int lds = BN + 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int ld = Dp + kPad;
+  const int ld = Dp + pad<T>();
   int64_t* kept = reinterpret_cast<int64_t*>(smem);          // [BM][2 KP]
   int64_t* threshold = kept + BM * 2 * KP;                     // [BM]
-  T* Qs = reinterpret_cast<T*>(threshold + BM);
-  T* Ks = Qs + BM * ld;
-  float* Ss = reinterpret_cast<float*>(Ks + BN * ld);          // [BM][lds]
-  float* bias_s = Ss + BM * lds;                               // [BN]
-  int* count = reinterpret_cast<int*>(bias_s + BN);            // [BM]
+  T* Qs = reinterpret_cast<T*>(threshold + BM);                // [BM][ld]
+  T* Ks = Qs + BM * ld;                                        // [2][BN][ld]
+  float* Ss = reinterpret_cast<float*>(Ks + 2 * BN * ld);      // [BM][lds]
+  float* bias_s = Ss + BM * lds;                               // [2][BN]
+  int* count = reinterpret_cast<int*>(bias_s + 2 * BN);        // [BM]
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int rb = warp % RB, cb = warp / RB;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
   const int64_t hi = lo + n_per_split < N ? lo + n_per_split : N;
+  const int64_t tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
+  if (tiles > 0) {
+    load_tile_async(Ks, ld, keys, lo, BN, hi, D, Dp);
+    load_column_values_async(bias_s, bias, lo, BN, hi);
+    async_commit();
+  }
   load_tile(Qs, ld, q, row0, BM, Q, D, Dp);
   for (int i = threadIdx.x; i < BM * 2 * KP; i += kThreads) kept[i] = kSentinel;
   for (int i = threadIdx.x; i < BM; i += kThreads) {
@@ -112,19 +128,27 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
     count[i] = 0;
   }
 
-  for (int64_t t0 = lo; t0 < hi; t0 += BN) {
-    __syncthreads();  // previous tile's Ks / Ss / bias_s are no longer read
-    load_tile(Ks, ld, keys, t0, BN, hi, D, Dp);
-    for (int i = threadIdx.x; i < BN; i += kThreads)
-      bias_s[i] = (bias != nullptr && t0 + i < hi) ? bias[t0 + i] : 0.0f;
+  for (int64_t i = 0; i < tiles; ++i) {
+    const int stage = static_cast<int>(i & 1);
+    const int64_t t0 = lo + i * BN;
+    if (i + 1 < tiles) {
+      load_tile_async(Ks + (stage ^ 1) * BN * ld, ld, keys, t0 + BN, BN, hi, D, Dp);
+      load_column_values_async(bias_s + (stage ^ 1) * BN, bias, t0 + BN, BN, hi);
+      async_commit();
+      async_wait<1>();
+    } else {
+      async_wait<0>();
+    }
     __syncthreads();
+    const float* tile_bias = bias_s + stage * BN;
 
-    for (int f = warp; f < (BM / 16) * kColFrags; f += kWarps) {
-      const int rb = f / kColFrags, cb = f % kColFrags;
-      FragC<T> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      mma_accumulate<T, wmma::col_major>(acc, Qs + rb * 16 * ld, ld, Ks + cb * 16 * ld, ld, Dp, split);
-      wmma::store_matrix_sync(Ss + rb * 16 * lds + cb * 16, acc, lds, wmma::mem_row_major);
+    float acc[NF][4] = {};
+    product_abt<T, NF>(acc, Qs + rb * 16 * ld, ld, Ks + (stage * BN + cb * WN) * ld, ld, Dp, split);
+    float* strip = Ss + (rb * 16 + (lane >> 2)) * lds + cb * WN + 2 * t;
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      *reinterpret_cast<float2*>(strip + 8 * j) = make_float2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<float2*>(strip + 8 * lds + 8 * j) = make_float2(acc[j][2], acc[j][3]);
     }
     __syncthreads();
 
@@ -135,7 +159,7 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
         if (count[r] > KP - 32) merge_row<KP>(row_kept, &count[r], &threshold[r], lane);
         const int c = lane + 32 * j;
         const int64_t column = t0 + c;
-        const int64_t key = column < hi ? pack(Ss[r * lds + c] * inv_tau - bias_s[c], column) : kSentinel;
+        const int64_t key = column < hi ? pack(Ss[r * lds + c] * inv_tau - tile_bias[c], column) : kSentinel;
         const bool keep = key > threshold[r];
         const unsigned ballot = __ballot_sync(kFull, keep);
         if (keep) row_kept[KP + count[r] + __popc(ballot & ((1u << lane) - 1u))] = key;
@@ -144,9 +168,9 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
         __syncwarp();
       }
     }
+    __syncthreads();  // Ss and this stage are rewritten by the next iteration
   }
 
-  __syncthreads();
   for (int r = warp; r < BM; r += kWarps) {
     if (count[r] > 0) merge_row<KP>(kept + r * 2 * KP, &count[r], &threshold[r], lane);
     const int64_t row = row0 + r;
@@ -158,11 +182,12 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
 #endif
 }
 
-template <typename T, int KP> size_t topk_smem(int Dp) {
-  constexpr int BM = topk_rows(KP);
-  constexpr int BN = bank_tile_rows<T>();
-  return BM * (2 * KP + 1) * sizeof(int64_t) + (BM + BN) * static_cast<size_t>(Dp + kPad) * sizeof(T) +
-         BM * static_cast<size_t>(BN + kPad) * sizeof(float) + BN * sizeof(float) + BM * sizeof(int);
+// kept + threshold, Qs, Ks (2 stages), Ss, bias (2 stages), count.
+size_t topk_smem(int kp, int dtype, int Dp) {
+  const size_t size = dtype == kFloat32 ? 4 : 2;
+  const int BM = topk_rows(kp, dtype), BN = bank_tile_rows(dtype);
+  return BM * (2 * kp + 1) * sizeof(int64_t) + (BM + 2 * BN) * (Dp + 16 / size) * size +
+         BM * static_cast<size_t>(BN + 8) * sizeof(float) + 2 * BN * sizeof(float) + BM * sizeof(int);
 }
 
 template <typename T, int KP>
@@ -171,7 +196,7 @@ std::string launch(const void* q, const void* keys, const float* bias, int64_t* 
                    cudaStream_t stream) {
   static std::atomic<bool> first{true};
   const int Dp = dim_padded(D);
-  const size_t smem = topk_smem<T, KP>(Dp);
+  const size_t smem = topk_smem(KP, std::is_same_v<T, float> ? kFloat32 : kBFloat16, Dp);
   if (const cudaError_t err = cudaSetDevice(device); err != cudaSuccess)
     return std::string("topk_kernel: cudaSetDevice: ") + cudaGetErrorString(err);
   int major = 0, optin = 0;
@@ -185,7 +210,7 @@ std::string launch(const void* q, const void* keys, const float* bias, int64_t* 
                                                    static_cast<int>(smem));
       err != cudaSuccess)
     return std::string("topk_kernel: cudaFuncSetAttribute: ") + cudaGetErrorString(err);
-  constexpr int BM = topk_rows(KP);
+  constexpr int BM = topk_rows<T>(KP);
   const dim3 grid(static_cast<unsigned>((Q + BM - 1) / BM), static_cast<unsigned>(splits));
   topk_kernel<T, KP><<<grid, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(keys), bias,
                                                        out, Q, N, static_cast<int>(D), Dp, n_per_split, inv_tau, split);
@@ -209,7 +234,7 @@ std::string by_kp(const void* q, const void* keys, const float* bias, int64_t* o
 
 TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device) {
   TopkPlan plan;
-  const int64_t rows = topk_rows(kp);
+  const int64_t rows = topk_rows(kp, key_dtype);
   const int64_t bn = bank_tile_rows(key_dtype);
   // Each slice should hold well over KP keys, or its kept list is mostly sentinels.
   const Slices slices = slice_rows((Q + rows - 1) / rows, N, bn, (4 * kp + bn - 1) / bn,
@@ -217,6 +242,10 @@ TopkPlan topk_plan(int64_t Q, int64_t N, int kp, int key_dtype, int device) {
   plan.splits = slices.count;
   plan.n_per_split = slices.rows;
   return plan;
+}
+
+int64_t topk_shared_bytes(int kp, int key_dtype, int64_t D) {
+  return static_cast<int64_t>(topk_smem(kp, key_dtype, dim_padded(D)));
 }
 
 std::string topk(const void* q, const void* keys, int key_dtype, const float* bias, int64_t* out, int64_t Q,

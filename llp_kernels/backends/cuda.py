@@ -1,6 +1,6 @@
 """The ``cuda`` backend: hand-written CUDA kernels from ``csrc/cuda`` via ``llp_kernels._C``.
 
-It holds the memory-bank update, the aggregation loss (tensor-core WMMA similarity
+It holds the memory-bank update, the aggregation loss (tensor-core mma.sync similarity
 tiles; forward partials per bank slice combined here in a fixed order, so results are
 deterministic) and the streaming top-k behind ``local_density`` and ``propagate_labels``.
 Limits (read from the compiled module): D <= ``_C.cuda_max_dim``, a kept list of at most
@@ -74,7 +74,7 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
 
 def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
                     key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Fused WMMA similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
+    """Fused mma.sync similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
     16-bit keys keep up to RESCORE_MARGIN extra candidates (fewer when k + margin would
     pass the kept-list limit) that are re-scored in fp32 on the host."""
     Q, D = queries.shape
@@ -121,7 +121,7 @@ def _max_k(call: Call) -> Optional[int]:
 
 BACKEND = Backend(
     name="cuda",
-    summary="hand-written CUDA kernels (WMMA tensor-core tiles, warp-level top-k)",
+    summary="hand-written CUDA kernels (ldmatrix + mma.sync tensor-core tiles, cp.async double buffering, warp-level top-k)",
     devices=("cuda",),
     kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
              "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
