@@ -3,7 +3,8 @@
 Each score becomes one int64 key: the fp32 bits made order-preserving in the high 32
 bits, ``2^32 - 1 - j`` in the low 32 (so among equal values the lower index wins). A
 program owns a block of queries and a slice of N and keeps its best ``KP`` keys per row
-(``KP`` = next power of two >= k, as ``tl.topk`` requires), and ``floor``, each row's
+(``KP`` = next power of two >= k, as ``tl.topk`` requires) in that row's slice of the
+output, which only merges read and write; the loop itself carries ``floor``, each row's
 KP-th best so far. Each similarity tile (tensor cores) goes through a per-row threshold
 filter — first on the fp32 scores against the floor's value, so a tile where no row has
 a candidate costs one comparison per score and one reduction; then on the packed keys:
@@ -48,13 +49,15 @@ def _pack(values, columns):
 
 
 @triton.jit
-def _floor_value(floor):
-    """The fp32 value of packed keys (the inverse of ``_pack``'s high half), and whether
-    the key is padding or NaN (then every key is a candidate)."""
+def _floor_value(floor, q_ok):
+    """The fp32 test value of each row's floor: a key above the floor has a score s with
+    ``not (s < value)``. The floor's value (the inverse of ``_pack``'s high half); -inf
+    when the floor is padding or NaN (then every key is a candidate, NaN scores too);
+    +inf for rows past the end of the queries, which take no candidates."""
     ordered = (floor >> 32).to(tl.int32)
-    weak = ordered <= -2147483647
     bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return bits.to(tl.float32, bitcast=True), weak
+    value = tl.where(ordered <= -2147483647, float("-inf"), bits.to(tl.float32, bitcast=True))
+    return tl.where(q_ok, value, float("inf"))
 
 
 @triton.jit
@@ -81,13 +84,16 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, queue_ptr, Q, N, D, n_per_s
     queues = queue_ptr + (tl.program_id(1) * Q + rq)[:, None].to(tl.int64) * CAP  # [BQ, 1] row starts
     slots = tl.arange(0, CAP)
 
-    # best: each row's CAP best keys so far, sorted descending (its first KP are the answer);
-    # floor: the KP-th of them, and floor_v its value. Padding (SENTINEL) ranks below every
-    # real key, NaN included; masked columns may be real indices of a neighbouring slice,
-    # so they become padding too.
-    best = tl.full([BLOCK_Q, CAP], SENTINEL, tl.int64)
+    # Each row's KP best keys so far live in its slice of the output, sorted descending,
+    # read and written only by merges (rare), so the filter loop holds just the floor: the
+    # KP-th best key, and floor_v its value. Padding (SENTINEL) ranks below every real
+    # key, NaN included; masked columns may be real indices of a neighbouring slice, so
+    # they become padding too.
+    kept = out_ptr + (tl.program_id(1) * Q + rq)[:, None].to(tl.int64) * KP + slots[None, :]  # [BQ, CAP]
+    kept_ok = q_ok[:, None] & (slots < KP)[None, :]
+    tl.store(kept, tl.full([BLOCK_Q, CAP], SENTINEL, tl.int64), mask=kept_ok)  # the first merge reads them
     floor = tl.full([BLOCK_Q], SENTINEL, tl.int64)
-    floor_v, weak = _floor_value(floor)
+    floor_v = _floor_value(floor, q_ok)
     count = tl.zeros([BLOCK_Q], tl.int32)  # per row: candidates queued since the last merge
     # One pass more than the slice has tiles: the last (all padding) merges what is queued,
     # so the merge code exists once.
@@ -96,10 +102,10 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, queue_ptr, Q, N, D, n_per_s
                                          BLOCK_N, BLOCK_D, PRECISION, WIDEN)
         if HAS_BIAS:
             s = s - tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
-        # A cheap fp32 test first: every key above its row's floor has a value >= floor_v
-        # (or the floor is padding/NaN). Tiles where no row has one (most of them, once
-        # the floors have risen) skip packing, counting and queueing.
-        maybe = ((s >= floor_v[:, None]) | weak[:, None]) & n_ok[None, :] & q_ok[:, None]
+        # A cheap fp32 test first: every key above its row's floor has a score that is not
+        # below floor_v (one unordered comparison per score). Tiles where no row has one
+        # (most of them, once the floors have risen) skip packing, counting and queueing.
+        maybe = (~(s < floor_v[:, None])) & n_ok[None, :]
         if (start >= hi) | (tl.max(tl.max(maybe.to(tl.int32), 1), 0) > 0):
             columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
             packed = tl.where(n_ok[None, :], _pack(s, columns), SENTINEL)
@@ -108,12 +114,16 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, queue_ptr, Q, N, D, n_per_s
             if (start >= hi) | (tl.max(count + n_keep, 0) > CAP):
                 # Merge every row's queue into its kept list; the floors rise. A tile never
                 # holds more than CAP keys, so afterwards it fits an empty queue.
-                queued_count = _sync_threads(count, ON_GPU)  # every thread's queue stores are visible
+                queued_count = _sync_threads(count, ON_GPU)  # every thread's queue and kept stores are visible
                 queued = tl.load(queues + slots[None, :], mask=slots[None, :] < queued_count[:, None],
                                  other=SENTINEL)
+                best = tl.load(kept, mask=kept_ok, other=SENTINEL)
+                # Every output of a row's top-k depends on all of the row's loads, so the
+                # stores below cannot overtake another thread's load of the same list.
                 best = tl.topk(tl.reshape(tl.join(best, queued), (BLOCK_Q, 2 * CAP)), CAP)
+                tl.store(kept, best, mask=kept_ok)
                 floor = tl.max(tl.where(slots[None, :] == KP - 1, best, SENTINEL), 1)
-                floor_v, weak = _floor_value(floor)
+                floor_v = _floor_value(floor, q_ok)
                 count = tl.zeros([BLOCK_Q], tl.int32)
                 keep = (packed > floor[:, None]) & q_ok[:, None]
                 n_keep = tl.sum(keep.to(tl.int32), 1)
@@ -121,16 +131,13 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, queue_ptr, Q, N, D, n_per_s
             tl.store(queues + slot, packed, mask=keep)
             count += n_keep
 
-    out = out_ptr + (tl.program_id(1) * Q + rq)[:, None].to(tl.int64) * KP + slots[None, :]
-    tl.store(out, best, mask=q_ok[:, None] & (slots < KP)[None, :])
-
 
 def plan(rows: int, dim: int, kp: int, key_dtype: torch.dtype, precision: str, on_gpu: bool,
          has_bias: bool) -> Launch:
     """The kernel's configuration for ``rows`` queries of ``dim`` keeping ``kp`` keys."""
     blk = blocks(rows, dim, key_dtype, on_gpu)
     # A tile adds at most BLOCK_N candidates to a row's queue, so CAP = max(KP, BLOCK_N);
-    # the kept lists [BQ, CAP] (and their merge, twice that) live in registers next to the
+    # a merge holds the kept lists and queues [BQ, 2 CAP] in registers next to the
     # query block: fewer query rows per program as they grow, BQ x CAP <= 2048 int64 keys
     # (1024 at D = 256), and tiles at most 64 keys wide. Larger spill on sm_80 / sm_90.
     block_n = fma_block_n(min(blk.n, 64), blk.d, precision, on_gpu)
