@@ -106,7 +106,7 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, queue_ptr, Q, N, D, n_per_s
         # below floor_v (one unordered comparison per score). Tiles where no row has one
         # (most of them, once the floors have risen) skip packing, counting and queueing.
         maybe = (~(s < floor_v[:, None])) & n_ok[None, :]
-        if (start >= hi) | (tl.max(tl.max(maybe.to(tl.int32), 1), 0) > 0):
+        if (start >= hi) | (tl.max(maybe.to(tl.int32)) > 0):
             columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
             packed = tl.where(n_ok[None, :], _pack(s, columns), SENTINEL)
             keep = (packed > floor[:, None]) & q_ok[:, None]
