@@ -171,6 +171,7 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
     __syncthreads();  // Ss and this stage are rewritten by the next iteration
   }
 
+  __syncthreads();  // an empty slice ran no tile: the kept lists' initial values must be visible
   for (int r = warp; r < BM; r += kWarps) {
     if (count[r] > 0) merge_row<KP>(kept + r * 2 * KP, &count[r], &threshold[r], lane);
     const int64_t row = row0 + r;
