@@ -73,6 +73,22 @@ def test_topk_matches_reference(backend, device, with_bias, key_dtype):
 
 
 @pytest.mark.parametrize("backend,device", backend_cases("topk_similarity"))
+def test_topk_key_counts_at_tile_boundaries(backend, device):
+    """Key counts that are whole multiples of the common tile widths (16, 32, 64), one
+    below and one above: kernels that stream whole tiles without row masks and finish the
+    slice separately must agree with the reference on each."""
+    g = torch.Generator().manual_seed(5)
+    q = unit_rows(5, 64, generator=g)
+    for N in (31, 32, 33, 64, 128, 129):
+        keys = unit_rows(N, 64, generator=g)
+        bias = torch.randn(N, generator=g)
+        k = min(9, N)
+        values, indices = lk.topk_similarity(q.to(device), keys.to(device), k, key_bias=bias.to(device),
+                                             backend=backend)
+        check_topk(values, indices, oracle_scores(q, keys, bias), k, atol=2e-4)
+
+
+@pytest.mark.parametrize("backend,device", backend_cases("topk_similarity"))
 def test_topk_ties(backend, device):
     """Duplicate keys give equal scores: values still exact, indices among the tied ones,
     and on the cpu backend the lower index first."""

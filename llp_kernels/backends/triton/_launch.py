@@ -100,16 +100,21 @@ def widen_16bit(key_dtype: torch.dtype, on_gpu: bool) -> bool:
 
 
 @triton.jit
-def load_block(ptr, start, n_valid, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, WIDEN: tl.constexpr):
+def load_block(ptr, start, n_valid, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, WIDEN: tl.constexpr,
+               ROW_MASK: tl.constexpr = True):
     """Rows ``start + arange(BLOCK)`` (< n_valid) of a contiguous [*, D] matrix as a
     [BLOCK, BLOCK_D] tile, zero-padded, widened to fp32 when WIDEN (interpreter, 16-bit
     inputs). The 64-bit part of the address is one scalar per block and
     the per-element offsets are 32-bit and the same for every block (hoisted out of the
-    loops that stream keys)."""
+    loops that stream keys). ``ROW_MASK=False``: the caller knows every row is valid, so
+    only the columns are masked (a mask that does not change from tile to tile)."""
     rows = tl.arange(0, BLOCK)
     cols = tl.arange(0, BLOCK_D)
-    tile = tl.load(ptr + tl.cast(start, tl.int64) * D + (rows[:, None] * D + cols[None, :]),
-                   mask=((start + rows)[:, None] < n_valid) & (cols[None, :] < D), other=0.0)
+    if ROW_MASK:
+        mask = ((start + rows)[:, None] < n_valid) & (cols[None, :] < D)
+    else:
+        mask = (rows[:, None] < BLOCK) & (cols[None, :] < D)
+    tile = tl.load(ptr + tl.cast(start, tl.int64) * D + (rows[:, None] * D + cols[None, :]), mask=mask, other=0.0)
     if WIDEN:
         tile = tile.to(tl.float32)
     return tile
@@ -128,12 +133,14 @@ def program_rows(q_ptr, n_rows, n_keys, D, n_per_split, BLOCK_ROWS: tl.constexpr
 
 @triton.jit
 def similarity_tile(q, keys_ptr, start, hi, D, inv_tau, BLOCK_N: tl.constexpr,
-                    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr):
+                    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+                    ROW_MASK: tl.constexpr = True):
     """Columns ``start + arange(BLOCK_N)`` of one slice ending at ``hi``: their indices,
-    validity, key tile and raw logits ``q . key / tau`` (invalid columns unmasked)."""
+    validity, key tile and raw logits ``q . key / tau`` (invalid columns unmasked).
+    ``ROW_MASK=False`` when the whole tile lies before ``hi``."""
     columns = start + tl.arange(0, BLOCK_N)
     valid = columns < hi
-    keys = load_block(keys_ptr, start, hi, D, BLOCK_N, BLOCK_D, WIDEN)
+    keys = load_block(keys_ptr, start, hi, D, BLOCK_N, BLOCK_D, WIDEN, ROW_MASK)
     logits = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * inv_tau
     return columns, valid, keys, logits
 

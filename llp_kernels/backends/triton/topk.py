@@ -95,41 +95,66 @@ def _topk_kernel(q_ptr, keys_ptr, bias_ptr, out_ptr, queue_ptr, Q, N, D, n_per_s
     floor = tl.full([BLOCK_Q], SENTINEL, tl.int64)
     floor_v = _floor_value(floor, q_ok)
     count = tl.zeros([BLOCK_Q], tl.int32)  # per row: candidates queued since the last merge
-    # One pass more than the slice has tiles: the last (all padding) merges what is queued,
-    # so the merge code exists once.
-    for start in range(lo, hi + BLOCK_N, BLOCK_N):
-        rn, n_ok, _, s = similarity_tile(q, keys_ptr, start, hi, D, inv_tau,
-                                         BLOCK_N, BLOCK_D, PRECISION, WIDEN)
-        if HAS_BIAS:
+    # Whole tiles first, with no row masks; then the slice's partial tile, if any, and one
+    # pass more (all padding) that merges what is queued, so the merge code exists once
+    # per loop.
+    whole_end = lo + (hi - lo) // BLOCK_N * BLOCK_N
+    for start in range(lo, whole_end, BLOCK_N):
+        floor, floor_v, count = _tile(q, keys_ptr, bias_ptr, kept, kept_ok, queues, slots, q_ok, floor, floor_v,
+                                      count, start, hi, D, inv_tau, HAS_BIAS, KP, CAP, BLOCK_Q, BLOCK_N, BLOCK_D,
+                                      PRECISION, WIDEN, ON_GPU, False)
+    for start in range(whole_end, hi + BLOCK_N, BLOCK_N):
+        floor, floor_v, count = _tile(q, keys_ptr, bias_ptr, kept, kept_ok, queues, slots, q_ok, floor, floor_v,
+                                      count, start, hi, D, inv_tau, HAS_BIAS, KP, CAP, BLOCK_Q, BLOCK_N, BLOCK_D,
+                                      PRECISION, WIDEN, ON_GPU, True)
+
+
+@triton.jit
+def _tile(q, keys_ptr, bias_ptr, kept, kept_ok, queues, slots, q_ok, floor, floor_v, count, start, hi, D, inv_tau,
+          HAS_BIAS: tl.constexpr, KP: tl.constexpr, CAP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+          BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr, ON_GPU: tl.constexpr,
+          PARTIAL: tl.constexpr):
+    """One key tile through the filter (and, when a queue could overflow or at ``start >=
+    hi``, a merge); returns the rows' (floor, floor_v, count). ``PARTIAL``: the tile may
+    reach past ``hi`` (the slice's last tile and the final all-padding pass)."""
+    rn, n_ok, _, s = similarity_tile(q, keys_ptr, start, hi, D, inv_tau, BLOCK_N, BLOCK_D, PRECISION, WIDEN,
+                                     PARTIAL)
+    if HAS_BIAS:
+        if PARTIAL:
             s = s - tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
-        # A cheap fp32 test first: every key above its row's floor has a score that is not
-        # below floor_v (one unordered comparison per score). Tiles where no row has one
-        # (most of them, once the floors have risen) skip packing, counting and queueing.
-        maybe = (~(s < floor_v[:, None])) & n_ok[None, :]
-        if (start >= hi) | (tl.max(maybe.to(tl.int32)) > 0):
-            columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
-            packed = tl.where(n_ok[None, :], _pack(s, columns), SENTINEL)
+        else:
+            s = s - tl.load(bias_ptr + rn)[None, :]
+    # A cheap fp32 test first: every key above its row's floor has a score that is not
+    # below floor_v (one unordered comparison per score). Tiles where no row has one
+    # (most of them, once the floors have risen) skip packing, counting and queueing.
+    maybe = ~(s < floor_v[:, None])
+    if PARTIAL:
+        maybe = maybe & n_ok[None, :]
+    if (start >= hi) | (tl.max(maybe.to(tl.int32)) > 0):
+        columns = rn[None, :].to(tl.int64) + tl.zeros([BLOCK_Q, BLOCK_N], tl.int64)
+        packed = tl.where(n_ok[None, :], _pack(s, columns), SENTINEL)
+        keep = (packed > floor[:, None]) & q_ok[:, None]
+        n_keep = tl.sum(keep.to(tl.int32), 1)
+        if (start >= hi) | (tl.max(count + n_keep, 0) > CAP):
+            # Merge every row's queue into its kept list; the floors rise. A tile never
+            # holds more than CAP keys, so afterwards it fits an empty queue.
+            queued_count = _sync_threads(count, ON_GPU)  # every thread's queue and kept stores are visible
+            queued = tl.load(queues + slots[None, :], mask=slots[None, :] < queued_count[:, None],
+                             other=SENTINEL)
+            best = tl.load(kept, mask=kept_ok, other=SENTINEL)
+            # Every output of a row's top-k depends on all of the row's loads, so the
+            # stores below cannot overtake another thread's load of the same list.
+            best = tl.topk(tl.reshape(tl.join(best, queued), (BLOCK_Q, 2 * CAP)), CAP)
+            tl.store(kept, best, mask=kept_ok)
+            floor = tl.max(tl.where(slots[None, :] == KP - 1, best, SENTINEL), 1)
+            floor_v = _floor_value(floor, q_ok)
+            count = tl.zeros([BLOCK_Q], tl.int32)
             keep = (packed > floor[:, None]) & q_ok[:, None]
             n_keep = tl.sum(keep.to(tl.int32), 1)
-            if (start >= hi) | (tl.max(count + n_keep, 0) > CAP):
-                # Merge every row's queue into its kept list; the floors rise. A tile never
-                # holds more than CAP keys, so afterwards it fits an empty queue.
-                queued_count = _sync_threads(count, ON_GPU)  # every thread's queue and kept stores are visible
-                queued = tl.load(queues + slots[None, :], mask=slots[None, :] < queued_count[:, None],
-                                 other=SENTINEL)
-                best = tl.load(kept, mask=kept_ok, other=SENTINEL)
-                # Every output of a row's top-k depends on all of the row's loads, so the
-                # stores below cannot overtake another thread's load of the same list.
-                best = tl.topk(tl.reshape(tl.join(best, queued), (BLOCK_Q, 2 * CAP)), CAP)
-                tl.store(kept, best, mask=kept_ok)
-                floor = tl.max(tl.where(slots[None, :] == KP - 1, best, SENTINEL), 1)
-                floor_v = _floor_value(floor, q_ok)
-                count = tl.zeros([BLOCK_Q], tl.int32)
-                keep = (packed > floor[:, None]) & q_ok[:, None]
-                n_keep = tl.sum(keep.to(tl.int32), 1)
-            slot = count[:, None] + tl.cumsum(keep.to(tl.int32), 1) - 1
-            tl.store(queues + slot, packed, mask=keep)
-            count += n_keep
+        slot = count[:, None] + tl.cumsum(keep.to(tl.int32), 1) - 1
+        tl.store(queues + slot, packed, mask=keep)
+        count += n_keep
+    return floor, floor_v, count
 
 
 def plan(rows: int, dim: int, kp: int, key_dtype: torch.dtype, precision: str, on_gpu: bool,
