@@ -68,7 +68,8 @@ def _tool(name: str) -> str:
 
 
 def kernel_and_signature(c: Config):
-    """(jit function, signature, constants, warps, stages) of one configuration."""
+    """(jit function, signature, Launch) of one configuration: the Launch is the one the
+    kernel's own ``plan`` returns, so its constants and options are what a launch uses."""
     import torch
     from llp_kernels.backends.triton import aggregation, bank_update, topk
     dtype, precision = DTYPES[c.dtype]
@@ -93,13 +94,7 @@ def kernel_and_signature(c: Config):
         fn = bank_update._bank_update_kernel
         sig = {"bank_ptr": ptr, "indices_ptr": "*i64", "emb_ptr": "*fp32", "D": "i32", "momentum": "fp32"}
     sig.update({name: "constexpr" for name in launch.constants})
-    return fn, sig, launch.constants, launch.warps, launch.stages
-
-
-def launch_options(warps: int, stages: int) -> Dict:
-    """The options a GPU launch passes (the kernels' ``Launch.options``)."""
-    from llp_kernels.backends.triton._launch import Launch
-    return Launch({}, warps, stages).options(on_gpu=True)
+    return fn, sig, launch
 
 
 def launch_attrs(fn, sig: Dict[str, str], c: Config) -> Dict:
@@ -193,12 +188,11 @@ def compile_triton(c: Config) -> Config:
     from triton.compiler import ASTSource
     start = time.time()
     try:
-        fn, sig, constants, warps, stages = kernel_and_signature(c)
-        kernel = triton.compile(ASTSource(fn, sig, constants, launch_attrs(fn, sig, c)),
-                                target=GPUTarget("cuda", c.arch, 32),
-                                options=launch_options(warps, stages))
-        c.result = {"shared": int(kernel.metadata.shared), "warps": warps, "stages": stages,
-                    **{k: v for k, v in constants.items() if k.startswith("BLOCK") or k == "KP"},
+        fn, sig, launch = kernel_and_signature(c)
+        kernel = triton.compile(ASTSource(fn, sig, launch.constants, launch_attrs(fn, sig, c)),
+                                target=GPUTarget("cuda", c.arch, 32), options=launch.options(on_gpu=True))
+        c.result = {"shared": int(kernel.metadata.shared), "warps": launch.warps, "stages": launch.stages,
+                    **{k: v for k, v in launch.constants.items() if k.startswith("BLOCK") or k == "KP"},
                     **read_compiled(kernel.asm["ptx"], kernel.asm["cubin"])}
     except Exception as exc:  # a compile that fails is a finding, not a crash of the check
         c.result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}

@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-from bench.gpu_compile import DTYPES, Config, _tool, kernel_and_signature, launch_attrs, launch_options, read_compiled
+from bench.gpu_compile import DTYPES, Config, _tool, kernel_and_signature, launch_attrs, read_compiled
 
 REGISTERS_PER_SM = 65536
 SHARED_PER_SM = {90: 233472, 80: 167936}
@@ -159,9 +159,10 @@ def estimate(args) -> Dict:
     torch_dtype = getattr(torch, DTYPES[args.dtype][0])
     kp = kept_size(args.k, args.n, torch_dtype)
     config = Config("topk", args.arch, args.dtype, args.d, 64, kp)
-    fn, sig, constants, warps, stages = kernel_and_signature(config)
-    kernel = triton.compile(ASTSource(fn, sig, constants, launch_attrs(fn, sig, config)), target=GPUTarget("cuda", args.arch, 32),
-                            options=launch_options(warps, stages))
+    fn, sig, launch = kernel_and_signature(config)
+    constants, warps, stages = launch.constants, launch.warps, launch.stages
+    kernel = triton.compile(ASTSource(fn, sig, constants, launch_attrs(fn, sig, config)),
+                            target=GPUTarget("cuda", args.arch, 32), options=launch.options(on_gpu=True))
     usage = read_compiled(kernel.asm["ptx"], kernel.asm["cubin"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
