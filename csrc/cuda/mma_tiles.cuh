@@ -108,15 +108,18 @@ __device__ inline void copy_async(void* dst, const void* src, bool valid) {
   const int src_bytes = valid ? bytes : 0;
   if constexpr (bytes == 16) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
-                 "r"(src_bytes));
+                 "r"(src_bytes)
+                 : "memory");
   } else {
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(shared_address(dst)), "l"(src),
-                 "n"(bytes), "r"(src_bytes));
+                 "n"(bytes), "r"(src_bytes)
+                 : "memory");
   }
 }
-__device__ inline void async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// "memory" clobbers: the compiler must not move shared-memory accesses across these.
+__device__ inline void async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int pending> __device__ inline void async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
 }
 
 // load_tile through cp.async when rows are 16-byte aligned (the caller commits and

@@ -23,13 +23,13 @@ MAX_KEPT = 128
 
 
 def max_kept(key_dtype: torch.dtype, dim: int) -> int:
-    """The largest kept list KP (a power of two) the top-k kernel takes. Its kept lists
-    and their merge live in registers next to the similarity tile, so the ceiling is
-    where the largest configuration still compiles for sm_80 and sm_90 without spills
-    and within the block's shared memory (checked ahead of time by
-    ``python -m bench.gpu_compile``): 128 for fp32 keys up to D = 128, else 64 (at 128,
-    16-bit keys and D = 256 spill a few bytes on sm_90)."""
-    return MAX_KEPT if key_dtype == torch.float32 and dim <= 128 else MAX_KEPT // 2
+    """The largest kept list KP (a power of two) the top-k kernel takes. A merge holds the
+    kept lists and the queued candidates [BLOCK_Q, 2 KP] in registers next to the
+    similarity tile, so the ceiling is where the largest configuration still compiles for
+    sm_80 and sm_90 without spills and within the block's shared memory (checked ahead of
+    time by ``python -m bench.gpu_compile``): 128 for every key dtype and D (256 spills
+    on both targets at D = 128 with fp32 keys)."""
+    return MAX_KEPT
 
 
 def installed() -> str:
