@@ -90,6 +90,25 @@ def test_gradient_matches_fp64_autograd(backend, device, bank_dtype, query_dtype
 
 
 @pytest.mark.parametrize("backend,device", backend_cases("aggregation_grad"))
+def test_bank_sizes_at_tile_boundaries(backend, device):
+    """Bank sizes that are whole multiples of the common tile widths (16, 32, 64, 128),
+    one below and one above: kernels that stream whole tiles without row masks and the
+    partial tile separately must give the reference's LSEs and gradient on each."""
+    g = torch.linspace(-1.0, 2.0, 6, device=device)
+    for N in (31, 32, 33, 64, 128, 129):
+        q, bank, bl, ql = make_inputs(6, N, 64, 4, torch.float32, device, seed=N)
+        lse_all, lse_same = lk.aggregation_lse(q, bank, bl, ql, backend=backend)
+        (o_all, o_same), (t_all, t_same) = oracle(q, bank, bl, ql)
+        assert_as_accurate_as_torch(lse_all, o_all, t_all, name=f"lse_all N={N}")
+        assert_as_accurate_as_torch(lse_same, o_same, t_same, name=f"lse_same N={N}")
+        dq = lk.aggregation_grad(q, bank, bl, ql, lse_all, lse_same, grad_output=g, backend=backend)
+        leaf = q.cpu().double().requires_grad_()
+        (expected,) = torch.autograd.grad(ref.aggregation_loss(leaf, bank.cpu().double(), bl.cpu(), ql.cpu()),
+                                          leaf, g.cpu().double())
+        torch.testing.assert_close(dq.cpu().double(), expected, rtol=1e-4, atol=1e-4, msg=f"dq N={N}")
+
+
+@pytest.mark.parametrize("backend,device", backend_cases("aggregation_grad"))
 def test_aggregation_grad_building_block_and_shards(backend, device):
     """Two bank shards: LSEs combine with logaddexp, gradients sum to the full one."""
     q, bank, bl, ql = make_inputs(9, 301, 64, 5, torch.float32, device, seed=2)

@@ -31,6 +31,57 @@ SHARED_SHIFT_RANGE = 60.0
 
 
 @triton.jit
+def _bank_tile(q, bank_ptr, bank_labels_ptr, q_label, start, hi, D, inv_tau, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr, PARTIAL: tl.constexpr):
+    """One bank tile: (column validity, bank rows, logits, same-label mask). ``PARTIAL``:
+    the tile may reach past ``hi``; whole tiles need no row masks."""
+    rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau, BLOCK_N, BLOCK_D, PRECISION, WIDEN,
+                                     PARTIAL)
+    if PARTIAL:
+        same = same_label(bank_labels_ptr, rn, n_ok, q_label)
+    else:
+        same = tl.load(bank_labels_ptr + rn)[None, :] == q_label[:, None]  # labels < 0 never match
+    return n_ok, k, s, same
+
+
+@triton.jit
+def _forward_tile(q, bank_ptr, bank_labels_ptr, q_label, start, hi, D, inv_tau, m_all, s_all, m_same, s_same,
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                  SHARED_RANGE: tl.constexpr, WIDEN: tl.constexpr, PARTIAL: tl.constexpr):
+    """Folds one bank tile into the running (max, sum) pairs of all and same-label rows."""
+    n_ok, _, s, same = _bank_tile(q, bank_ptr, bank_labels_ptr, q_label, start, hi, D, inv_tau,
+                                  BLOCK_N, BLOCK_D, PRECISION, WIDEN, PARTIAL)
+    # Non-finite logits (from a NaN or inf input) are left out of the maxima and sums
+    # and flagged instead: they make the row's sums NaN, for good.
+    bad = s - s != 0.0
+    if PARTIAL:
+        bad = bad & n_ok[None, :]
+        s = tl.where(n_ok[None, :] & ~bad, s, float("-inf"))
+    else:
+        s = tl.where(bad, float("-inf"), s)
+
+    new_m = tl.maximum(m_all, tl.max(s, 1))
+    p = tl.exp(s - new_m[:, None])
+    s_all = s_all * tl.exp(m_all - new_m) + tl.sum(p, 1)
+    s_all = tl.where(tl.max(bad.to(tl.int32), 1) > 0, float("nan"), s_all)
+    m_all = new_m
+
+    tile_max_same = tl.max(tl.where(same, s, float("-inf")), 1)
+    new_m_same = tl.maximum(m_same, tile_max_same)
+    has_same = tile_max_same > float("-inf")
+    gap = tl.where(has_same, new_m - tile_max_same, 0.0)
+    if tl.max(gap, 0) > SHARED_RANGE:
+        contrib = tl.sum(tl.where(same, tl.exp(s - new_m_same[:, None]), 0.0), 1)
+    else:
+        contrib = tl.sum(tl.where(same, p, 0.0), 1) * tl.exp(new_m - new_m_same)
+    contrib = tl.where(has_same, contrib, 0.0)
+    # s_same * 0 keeps an earlier NaN flag while no same-label logit has been seen.
+    s_same = tl.where(new_m_same > float("-inf"), s_same * tl.exp(m_same - new_m_same), s_same * 0.0) + contrib
+    s_same = tl.where(tl.max((bad & same).to(tl.int32), 1) > 0, float("nan"), s_same)
+    return m_all, s_all, new_m_same, s_same
+
+
+@triton.jit
 def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
                         m_all_ptr, s_all_ptr, m_same_ptr, s_same_ptr,
                         B, N, D, n_per_split, inv_tau,
@@ -43,40 +94,39 @@ def _lse_forward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     s_all = tl.zeros([BLOCK_B], tl.float32)
     m_same = tl.full([BLOCK_B], float("-inf"), tl.float32)
     s_same = tl.zeros([BLOCK_B], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
-        rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau,
-                                         BLOCK_N, BLOCK_D, PRECISION, WIDEN)
-        same = same_label(bank_labels_ptr, rn, n_ok, q_label)
-        # Non-finite logits (from a NaN or inf input) are left out of the maxima and sums
-        # and flagged instead: they make the row's sums NaN, for good.
-        bad = (s - s != 0.0) & n_ok[None, :]
-        s = tl.where(n_ok[None, :] & ~bad, s, float("-inf"))
-
-        new_m = tl.maximum(m_all, tl.max(s, 1))
-        p = tl.exp(s - new_m[:, None])
-        s_all = s_all * tl.exp(m_all - new_m) + tl.sum(p, 1)
-        s_all = tl.where(tl.max(bad.to(tl.int32), 1) > 0, float("nan"), s_all)
-        m_all = new_m
-
-        tile_max_same = tl.max(tl.where(same, s, float("-inf")), 1)
-        new_m_same = tl.maximum(m_same, tile_max_same)
-        has_same = tile_max_same > float("-inf")
-        gap = tl.where(has_same, new_m - tile_max_same, 0.0)
-        if tl.max(gap, 0) > SHARED_RANGE:
-            contrib = tl.sum(tl.where(same, tl.exp(s - new_m_same[:, None]), 0.0), 1)
-        else:
-            contrib = tl.sum(tl.where(same, p, 0.0), 1) * tl.exp(new_m - new_m_same)
-        contrib = tl.where(has_same, contrib, 0.0)
-        # s_same * 0 keeps an earlier NaN flag while no same-label logit has been seen.
-        s_same = tl.where(new_m_same > float("-inf"), s_same * tl.exp(m_same - new_m_same), s_same * 0.0) + contrib
-        s_same = tl.where(tl.max((bad & same).to(tl.int32), 1) > 0, float("nan"), s_same)
-        m_same = new_m_same
+    # Whole tiles without row masks, then the slice's partial tile (if any).
+    whole_end = lo + (hi - lo) // BLOCK_N * BLOCK_N
+    for start in range(lo, whole_end, BLOCK_N):
+        m_all, s_all, m_same, s_same = _forward_tile(q, bank_ptr, bank_labels_ptr, q_label, start, hi, D, inv_tau,
+                                                     m_all, s_all, m_same, s_same, BLOCK_N, BLOCK_D, PRECISION,
+                                                     SHARED_RANGE, WIDEN, False)
+    for start in range(whole_end, hi, BLOCK_N):
+        m_all, s_all, m_same, s_same = _forward_tile(q, bank_ptr, bank_labels_ptr, q_label, start, hi, D, inv_tau,
+                                                     m_all, s_all, m_same, s_same, BLOCK_N, BLOCK_D, PRECISION,
+                                                     SHARED_RANGE, WIDEN, True)
 
     out = tl.program_id(1) * B + rb
     tl.store(m_all_ptr + out, m_all, mask=b_ok)
     tl.store(s_all_ptr + out, s_all, mask=b_ok)
     tl.store(m_same_ptr + out, m_same, mask=b_ok)
     tl.store(s_same_ptr + out, s_same, mask=b_ok)
+
+
+@triton.jit
+def _backward_tile(q, bank_ptr, bank_labels_ptr, q_label, lse_all, lse_same, scale, acc, start, hi, D, inv_tau,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+                   PARTIAL: tl.constexpr):
+    """acc += w @ bank_tile for one bank tile."""
+    n_ok, k, s, same = _bank_tile(q, bank_ptr, bank_labels_ptr, q_label, start, hi, D, inv_tau,
+                                  BLOCK_N, BLOCK_D, PRECISION, WIDEN, PARTIAL)
+    p_all = tl.exp(s - lse_all[:, None])
+    p_same = tl.where(same, tl.exp(s - lse_same[:, None]), 0.0)
+    # scale 0: no gradient, exactly (not 0 times an overflowed exponential)
+    keep = scale[:, None] != 0.0
+    if PARTIAL:
+        keep = keep & n_ok[None, :]
+    w = tl.where(keep, scale[:, None] * (p_all - p_same), 0.0)
+    return acc + tl.dot(w.to(bank_ptr.dtype.element_ty).to(k.dtype), k, input_precision=PRECISION)
 
 
 @triton.jit
@@ -91,15 +141,11 @@ def _lse_backward_kernel(q_ptr, bank_ptr, bank_labels_ptr, query_labels_ptr,
     lse_same = tl.load(lse_same_ptr + rb, mask=b_ok, other=0.0)
     scale = tl.load(scale_ptr + rb, mask=b_ok, other=0.0)
     acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
+    # One masked loop: a second, mask-free copy for whole tiles (as the forward has) keeps
+    # two accumulating loops' buffers live and spills on sm_80/sm_90.
     for start in range(lo, hi, BLOCK_N):
-        rn, n_ok, k, s = similarity_tile(q, bank_ptr, start, hi, D, inv_tau,
-                                         BLOCK_N, BLOCK_D, PRECISION, WIDEN)
-        same = same_label(bank_labels_ptr, rn, n_ok, q_label)
-        p_all = tl.exp(s - lse_all[:, None])
-        p_same = tl.where(same, tl.exp(s - lse_same[:, None]), 0.0)
-        # scale 0: no gradient, exactly (not 0 times an overflowed exponential)
-        w = tl.where(n_ok[None, :] & (scale[:, None] != 0.0), scale[:, None] * (p_all - p_same), 0.0)
-        acc += tl.dot(w.to(bank_ptr.dtype.element_ty).to(k.dtype), k, input_precision=PRECISION)
+        acc = _backward_tile(q, bank_ptr, bank_labels_ptr, q_label, lse_all, lse_same, scale, acc, start, hi, D,
+                             inv_tau, BLOCK_N, BLOCK_D, PRECISION, WIDEN, True)
 
     rd = tl.arange(0, BLOCK_D)
     out = dq_ptr + (tl.program_id(1) * B + rb)[:, None].to(tl.int64) * D + rd[None, :]
