@@ -54,31 +54,34 @@ size_t kernel_smem(int dtype, int Dp) {
 }
 template <typename T> size_t kernel_smem(int Dp) { return kernel_smem(std::is_same_v<T, float> ? kFloat32 : kBFloat16, Dp); }
 
-// First bank tile of a slice into stage 0 (cp.async, committed).
+// The bank slice of block (blockIdx.x, blockIdx.y) in shared memory carved as Qs
+// [kRows][ld], bank tiles [2][BN][ld], labels [2][BN] (kernel_smem's layout): loads the
+// block's queries and starts streaming its bank tiles.
 template <typename T>
-__device__ void prefetch_tile(T* Ks, int64_t* Ls, int ld, const T* bank, const int64_t* labels, int64_t t0,
-                              int64_t hi, int D, int Dp) {
-  constexpr int BN = bank_tile_rows<T>();
-  load_tile_async(Ks, ld, bank, t0, BN, hi, D, Dp);
-  load_column_values_async(Ls, labels, t0, BN, hi);
-  async_commit();
-}
+struct BankSlice {
+  static constexpr int BN = bank_tile_rows<T>();
+  T* Qs;
+  KeyStream<T, int64_t, BN> stream;
 
-// Tile i of a slice is in stage i % 2 once this returns (all threads); starts loading
-// tile i + 1 into the other stage first when there is one.
-template <typename T>
-__device__ void next_tile(T* Ks, int64_t* Ls, int ld, const T* bank, const int64_t* labels, int64_t i,
-                          int64_t tiles, int64_t lo, int64_t hi, int D, int Dp) {
-  constexpr int BN = bank_tile_rows<T>();
-  if (i + 1 < tiles) {
-    const int other = static_cast<int>((i + 1) & 1);
-    prefetch_tile(Ks + other * BN * ld, Ls + other * BN, ld, bank, labels, lo + (i + 1) * BN, hi, D, Dp);
-    async_wait<1>();
-  } else {
-    async_wait<0>();
+  __device__ BankSlice(unsigned char* smem, int ld, const T* q, int64_t B, const T* bank, const int64_t* labels,
+                       int64_t N, int D, int Dp, int64_t n_per_split)
+      : Qs(reinterpret_cast<T*>(smem)),
+        stream(Qs + kRows * ld, reinterpret_cast<int64_t*>(Qs + (kRows + 2 * BN) * ld), ld, bank, labels,
+               static_cast<int64_t>(blockIdx.y) * n_per_split,
+               (static_cast<int64_t>(blockIdx.y) + 1) * n_per_split < N
+                   ? (static_cast<int64_t>(blockIdx.y) + 1) * n_per_split : N,
+               D, Dp) {
+    load_tile(Qs, ld, q, static_cast<int64_t>(blockIdx.x) * kRows, kRows, B, D, Dp);
   }
-  __syncthreads();
-}
+
+  // Waits for bank tile i and computes this warp's 16 x BN strip of q . bank^T into acc.
+  template <int NF>
+  __device__ void strip(int64_t i, float (&acc)[NF][4], bool split) const {
+    stream.wait(i);
+    const int warp = threadIdx.x >> 5;
+    product_abt<T, NF>(acc, Qs + warp * 16 * stream.ld, stream.ld, stream.tile_keys(i), stream.ld, stream.Dp, split);
+  }
+};
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -88,21 +91,13 @@ aggregation_forward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
                            int64_t B, int64_t N, int D, int Dp, int64_t n_per_split,
                            float scale2, bool split) {
 #ifdef LLP_TENSOR_CORES
-  constexpr int BN = bank_tile_rows<T>();
-  constexpr int NF = BN / 8;
+  constexpr int NF = BankSlice<T>::BN / 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int ld = Dp + pad<T>();
-  T* Qs = reinterpret_cast<T*>(smem);
-  T* Ks = Qs + kRows * ld;
-  int64_t* Ls = reinterpret_cast<int64_t*>(Ks + 2 * BN * ld);
+  const BankSlice<T> slice(smem, Dp + pad<T>(), q, B, bank, bank_labels, N, D, Dp, n_per_split);
+  const auto& stream = slice.stream;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int64_t lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
-  const int64_t hi = lo + n_per_split < N ? lo + n_per_split : N;
-  const int64_t tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
-  if (tiles > 0) prefetch_tile(Ks, Ls, ld, bank, bank_labels, lo, hi, D, Dp);
-  load_tile(Qs, ld, q, row0, kRows, B, D, Dp);
 
   // This thread's rows h = 0, 1: row0 + 16 warp + g + 8 h (g = lane / 4), shared by a quad.
   int64_t my_row[2], my_label[2];
@@ -115,15 +110,11 @@ aggregation_forward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
     s_all[h] = s_same[h] = 0.0f;
   }
 
-  for (int64_t i = 0; i < tiles; ++i) {
-    next_tile(Ks, Ls, ld, bank, bank_labels, i, tiles, lo, hi, D, Dp);
-    const int stage = static_cast<int>(i & 1);
-    const T* Kt = Ks + stage * BN * ld;
-    const int64_t* Lt = Ls + stage * BN;
-    const int64_t t0 = lo + i * BN;
-
+  for (int64_t i = 0; i < stream.tiles; ++i) {
     float acc[NF][4] = {};
-    product_abt<T, NF>(acc, Qs + warp * 16 * ld, ld, Kt, ld, Dp, split);
+    slice.strip(i, acc, split);
+    const int64_t* Lt = stream.tile_values(i);
+    const int64_t t0 = stream.first_row(i), hi = stream.hi;
 
     // bit 2h: a non-finite logit in row h (NaN or inf input: the sums become NaN); bit
     // 2h + 1: one among the row's same-label columns.
@@ -257,21 +248,13 @@ aggregation_backward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
                             int64_t B, int64_t Bp, int64_t N, int D, int Dp, int64_t n_per_split,
                             float scale2, bool split) {
 #ifdef LLP_TENSOR_CORES
-  constexpr int BN = bank_tile_rows<T>();
-  constexpr int NF = BN / 8;
+  constexpr int NF = BankSlice<T>::BN / 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int ld = Dp + pad<T>();
-  T* Qs = reinterpret_cast<T*>(smem);
-  T* Ks = Qs + kRows * ld;
-  int64_t* Ls = reinterpret_cast<int64_t*>(Ks + 2 * BN * ld);
+  const BankSlice<T> slice(smem, Dp + pad<T>(), q, B, bank, bank_labels, N, D, Dp, n_per_split);
+  const auto& stream = slice.stream;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int64_t lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
-  const int64_t hi = lo + n_per_split < N ? lo + n_per_split : N;
-  const int64_t tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
-  if (tiles > 0) prefetch_tile(Ks, Ls, ld, bank, bank_labels, lo, hi, D, Dp);
-  load_tile(Qs, ld, q, row0, kRows, B, D, Dp);
 
   // This thread's rows h = 0, 1 (as in the forward), their LSEs in base 2 and coefficients.
   int64_t my_label[2];
@@ -287,15 +270,11 @@ aggregation_backward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
   }
 
   float dq[DQ][4] = {};
-  for (int64_t i = 0; i < tiles; ++i) {
-    next_tile(Ks, Ls, ld, bank, bank_labels, i, tiles, lo, hi, D, Dp);
-    const int stage = static_cast<int>(i & 1);
-    const T* Kt = Ks + stage * BN * ld;
-    const int64_t* Lt = Ls + stage * BN;
-    const int64_t t0 = lo + i * BN;
-
+  for (int64_t i = 0; i < stream.tiles; ++i) {
     float w[NF][4] = {};
-    product_abt<T, NF>(w, Qs + warp * 16 * ld, ld, Kt, ld, Dp, split);
+    slice.strip(i, w, split);
+    const int64_t* Lt = stream.tile_values(i);
+    const int64_t t0 = stream.first_row(i), hi = stream.hi;
 #pragma unroll
     for (int j = 0; j < NF; ++j) {
 #pragma unroll
@@ -316,7 +295,7 @@ aggregation_backward_kernel(const T* __restrict__ q, const T* __restrict__ bank,
         }
       }
     }
-    accumulate_dq<T, NF, DQ>(dq, w, Kt, ld, Dp, split);
+    accumulate_dq<T, NF, DQ>(dq, w, stream.tile_keys(i), stream.ld, Dp, split);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
   float* out = parts + (static_cast<int64_t>(blockIdx.y) * Bp + row0 + warp * 16 + (lane >> 2)) * Dp + 2 * t;

@@ -156,6 +156,49 @@ __device__ void load_column_values_async(V* dst, const V* src, int64_t row0, int
   }
 }
 
+// A slice [lo, hi) of key rows streamed through two shared-memory stages of BN rows each:
+// keys [2][BN][ld] and one value per row [2][BN] (labels, bias; `values` may be null,
+// giving zeros). cp.async loads tile i + 1 while tile i is in use; the caller puts a
+// __syncthreads() after its last read of a tile, before the next wait() refills it.
+template <typename T, typename V, int BN>
+struct KeyStream {
+  T* keys_s;
+  V* values_s;
+  int ld;
+  const T* keys;
+  const V* values;
+  int64_t lo, hi, tiles;
+  int D, Dp;
+
+  // Starts loading tile 0.
+  __device__ KeyStream(T* keys_s_, V* values_s_, int ld_, const T* keys_, const V* values_, int64_t lo_,
+                       int64_t hi_, int D_, int Dp_)
+      : keys_s(keys_s_), values_s(values_s_), ld(ld_), keys(keys_), values(values_), lo(lo_), hi(hi_),
+        tiles(hi_ > lo_ ? (hi_ - lo_ + BN - 1) / BN : 0), D(D_), Dp(Dp_) {
+    if (tiles > 0) load(0);
+  }
+  __device__ int64_t first_row(int64_t i) const { return lo + i * BN; }
+  __device__ const T* tile_keys(int64_t i) const { return keys_s + (i & 1) * BN * ld; }
+  __device__ const V* tile_values(int64_t i) const { return values_s + (i & 1) * BN; }
+  // Tile i is in stage i % 2 for every thread once this returns; tile i + 1 is on its way.
+  __device__ void wait(int64_t i) const {
+    if (i + 1 < tiles) {
+      load(i + 1);
+      async_wait<1>();
+    } else {
+      async_wait<0>();
+    }
+    __syncthreads();
+  }
+
+ private:
+  __device__ void load(int64_t i) const {
+    load_tile_async(keys_s + (i & 1) * BN * ld, ld, keys, first_row(i), BN, hi, D, Dp);
+    load_column_values_async(values_s + (i & 1) * BN, values, first_row(i), BN, hi);
+    async_commit();
+  }
+};
+
 // ldmatrix: four (x4) or two (x2) 8 x 8 matrices of 16-bit elements (of fp32 data: 8 x
 // 4); lane l supplies the row address of matrix l / 8, row l % 8.
 __device__ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {

@@ -115,12 +115,7 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
   const int64_t hi = lo + n_per_split < N ? lo + n_per_split : N;
-  const int64_t tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
-  if (tiles > 0) {
-    load_tile_async(Ks, ld, keys, lo, BN, hi, D, Dp);
-    load_column_values_async(bias_s, bias, lo, BN, hi);
-    async_commit();
-  }
+  const KeyStream<T, float, BN> stream(Ks, bias_s, ld, keys, bias, lo, hi, D, Dp);
   load_tile(Qs, ld, q, row0, BM, Q, D, Dp);
   for (int i = threadIdx.x; i < BM * 2 * KP; i += kThreads) kept[i] = kSentinel;
   for (int i = threadIdx.x; i < BM; i += kThreads) {
@@ -128,22 +123,13 @@ topk_kernel(const T* __restrict__ q, const T* __restrict__ keys, const float* __
     count[i] = 0;
   }
 
-  for (int64_t i = 0; i < tiles; ++i) {
-    const int stage = static_cast<int>(i & 1);
-    const int64_t t0 = lo + i * BN;
-    if (i + 1 < tiles) {
-      load_tile_async(Ks + (stage ^ 1) * BN * ld, ld, keys, t0 + BN, BN, hi, D, Dp);
-      load_column_values_async(bias_s + (stage ^ 1) * BN, bias, t0 + BN, BN, hi);
-      async_commit();
-      async_wait<1>();
-    } else {
-      async_wait<0>();
-    }
-    __syncthreads();
-    const float* tile_bias = bias_s + stage * BN;
+  for (int64_t i = 0; i < stream.tiles; ++i) {
+    stream.wait(i);
+    const int64_t t0 = stream.first_row(i);
+    const float* tile_bias = stream.tile_values(i);
 
     float acc[NF][4] = {};
-    product_abt<T, NF>(acc, Qs + rb * 16 * ld, ld, Ks + (stage * BN + cb * WN) * ld, ld, Dp, split);
+    product_abt<T, NF>(acc, Qs + rb * 16 * ld, ld, stream.tile_keys(i) + cb * WN * ld, ld, Dp, split);
     float* strip = Ss + (rb * 16 + (lane >> 2)) * lds + cb * WN + 2 * t;
 #pragma unroll
     for (int j = 0; j < NF; ++j) {
