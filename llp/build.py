@@ -35,6 +35,7 @@ class Run:
     batches: torch.Generator    # batch order (and augmentation in one process)
     train_y: torch.Tensor       # ground truth of every training row, for metrics only
     test_y: torch.Tensor
+    gate: float = 1.0           # the self-check's weight on the pseudo-labeled loss (llp.selfcheck)
 
     @property
     def is_main(self) -> bool:
@@ -48,7 +49,7 @@ def load_split(c: TrainConfig) -> Split:
                                        c.test_fraction, c.labeled_list, c.follow_symlinks, c.strict_images)
     if c.features:
         return load_feature_split(c.features, c.labels, c.labeled_fraction, c.seed, c.test_fraction,
-                                  c.labeled_list)
+                                  c.labeled_list, c.feature_noise)
     return load_digits_split(c.labeled_fraction, c.seed, c.test_fraction, c.labeled_list)
 
 
@@ -74,13 +75,15 @@ def build_bank(c: TrainConfig, net, split: Split, device: torch.device, group: O
     return ShardedBank(data, n, group, c.tau, c.bank_momentum, c.backend)
 
 
-def build_run(c: TrainConfig, device: torch.device, group: Optional[Group]) -> Run:
+def build_run(c: TrainConfig, device: torch.device, group: Optional[Group],
+              split: Optional[Split] = None) -> Run:
+    """A run of ``c`` on its data (or on ``split``, a part of it: a self-check replica)."""
     if c.matmul_precision_on(device):
         torch.set_float32_matmul_precision(c.matmul_precision_on(device))
     torch.manual_seed(c.seed)
     np.random.seed(c.seed)
     random.seed(c.seed)
-    split = load_split(c)
+    split = load_split(c) if split is None else split
     net = build_model(split.kind, split.input_shape, split.num_classes).to(device)
     model = net if group is None else torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None,
@@ -98,9 +101,9 @@ def build_run(c: TrainConfig, device: torch.device, group: Optional[Group]) -> R
                torch.Generator().manual_seed(c.seed), train_y, split.test_y.to(device))
 
 
-def restore(run: Run, ckpt: dict) -> int:
-    """Load a checkpoint into ``run``; returns the first epoch still to train. One line
-    and exit when it does not fit this run."""
+def restore(run: Run, ckpt: dict, check=None) -> int:
+    """Load a checkpoint into ``run`` (and its self-check ``check``); returns the first
+    epoch still to train. One line and exit when it does not fit this run."""
     try:
         run.net.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -112,6 +115,8 @@ def restore(run: Run, ckpt: dict) -> int:
                              f"{(run.state.bank.rows, run.state.bank.dim)}")
         run.state.load_state_dict(llp)
         run.state.bank.load(bank.to(run.state.bank.data.dtype))
+        if check is not None:
+            check.load_state_dict(ckpt["self_check"])
         set_rng_state(ckpt["rng"], run.batches)
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise SystemExit(f"error: --resume {run.config.resume}: {CHECKPOINT} does not fit this run "

@@ -22,6 +22,8 @@ BANK_DTYPES = ("auto", "float32", "bfloat16", "float16")
 MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")
 # Flags that may change when a run resumes: how long, how verbose, where, with which
 # kernels, and what to export at the end.
+# A field a run saved before it existed had this value (the behaviour of the code then).
+LEGACY = {"self_check_replicas": 0}
 RESUMABLE = ("epochs", "quiet", "device", "backend", "workers", "amp", "matmul_precision", "export_embeddings")
 
 
@@ -35,6 +37,7 @@ class TrainConfig:
     labeled_list: Optional[str] = None
     test_fraction: float = 0.2
     image_size: int = 224
+    feature_noise: float = 0.0
     workers: int = 4
     follow_symlinks: bool = False
     strict_images: bool = False
@@ -63,6 +66,7 @@ class TrainConfig:
     no_confidence: bool = False
     pseudo_labels: str = "propagation"
     density_over: str = "unlabeled"
+    self_check_replicas: int = 2
     backend: str = "auto"
     device: str = "auto"
     amp: bool = False
@@ -134,6 +138,9 @@ def _data_flags(p, d: TrainConfig) -> None:
     g("--test-fraction", type=float, default=d.test_fraction,
       help="held-out stratified test fraction (a fixed split; not for image folders with val/)")
     g("--image-size", type=int, default=d.image_size, help="--data: training crop size in pixels")
+    g("--feature-noise", type=float, default=d.feature_noise,
+      help="--features: augmentation, Gaussian noise of this standard deviation added to the standardised "
+           "features of every training batch (0: none)")
     g("--workers", type=int, default=d.workers, help="--data: image-decoding threads")
     g("--follow-symlinks", action="store_true", help="--data: follow links that point outside DIR")
     g("--strict-images", action="store_true",
@@ -188,6 +195,10 @@ def _llp_flags(p, d: TrainConfig) -> None:
       help="where pseudo-labels come from (classifier: what the authors' release did)")
     g("--density-over", choices=["unlabeled", "all"], default=d.density_over,
       help="density over the T nearest unlabeled rows (paper) or over all rows (release)")
+    g("--self-check-replicas", type=int, choices=[0, 1, 2], default=d.self_check_replicas,
+      help="half-size replicas of the run, each holding out half of the labeled rows, whose held-out "
+           "accuracy gates the pseudo-labeled loss every epoch (llp.selfcheck); 0: no self-check, the "
+           "paper's LLP. Each replica adds about half the run's training time")
 
 
 def _run_flags(p, d: TrainConfig) -> None:
@@ -215,7 +226,7 @@ def check(c: TrainConfig) -> None:
     for name in ("k", "t", "epochs", "batch_size", "image_size", "workers", "plateau_patience"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    for name in ("warmup_epochs", "ramp_up_epochs"):
+    for name in ("warmup_epochs", "ramp_up_epochs", "feature_noise"):
         if getattr(c, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
     for name in ("tau", "lr", "rate_jump_lr"):
@@ -275,7 +286,7 @@ def resumed_config(saved: dict, given: dict, resume: str) -> TrainConfig:
     """The saved settings (fields added since take today's defaults), with the
     ``RESUMABLE`` flags given now; any other flag given with a new value is an error."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    merged = {**DEFAULTS.to_dict(), **{k: v for k, v in saved.items() if k in known}}
+    merged = {**DEFAULTS.to_dict(), **LEGACY, **{k: v for k, v in saved.items() if k in known}}
     for name, value in given.items():
         if name in ("resume", "run_dir") or value == merged.get(name):
             continue

@@ -102,10 +102,12 @@ def load_digits_split(labeled_fraction: float, seed: int, test_fraction: float =
 
 
 def load_feature_split(features: str, labels: str, labeled_fraction: float, seed: int,
-                       test_fraction: float = 0.2, labeled_list: Optional[str] = None) -> Split:
+                       test_fraction: float = 0.2, labeled_list: Optional[str] = None,
+                       noise: float = 0.0) -> Split:
     """Precomputed features X [N, F] (any float dtype) and integer labels y [N] in [0, C).
     A stratified ``test_fraction`` is held out; features are standardised with the
-    training rows' mean and standard deviation. No augmentation."""
+    training rows' mean and standard deviation. Training batches get Gaussian noise of
+    standard deviation ``noise`` (in standardised units; 0: no augmentation)."""
     for flag, path in (("--features", features), ("--labels", labels)):
         if not Path(path).is_file():
             raise ValueError(f"{flag} {path} does not exist")
@@ -128,7 +130,8 @@ def load_feature_split(features: str, labels: str, labeled_fraction: float, seed
     mean, std = x[~test].mean(axis=0), x[~test].std(axis=0) + 1e-6
     x = (x - mean) / std
     labeled = choose_labeled(y[~test], labeled_fraction, seed, labeled_list)
-    return Split("features", TensorSource(torch.from_numpy(x[~test])), torch.from_numpy(y[~test]),
+    augment = None if noise <= 0 else (lambda batch, g: batch + noise * torch.randn(batch.shape, generator=g))
+    return Split("features", TensorSource(torch.from_numpy(x[~test]), augment), torch.from_numpy(y[~test]),
                  torch.from_numpy(labeled), TensorSource(torch.from_numpy(x[test])),
                  torch.from_numpy(y[test]), int(y.max()) + 1, (x.shape[1],))
 

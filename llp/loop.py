@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ from torch import Tensor
 from . import distributed
 from .build import Run
 from .metrics import pseudo_label_metrics, run_model
+from .selfcheck import SelfCheck
 
 PROGRESS_EVERY = 20  # steps between progress-bar updates (each one waits for the device)
 
@@ -102,7 +103,7 @@ def step(run: Run, phase: str, idx: Tensor, x: Tensor, progress: float) -> Tenso
         loss = state.instance_loss(idx, embedding)
         parts = (loss, torch.zeros_like(loss), loss)
     else:
-        loss, ce, agg = state.loss(idx, embedding, logits, ramp_weight(progress, c.ramp_up_epochs))
+        loss, ce, agg = state.loss(idx, embedding, logits, ramp_weight(progress, c.ramp_up_epochs) * run.gate)
         parts = (loss, ce, agg)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -165,22 +166,47 @@ def _show(bar, run: Run, phase: str, parts: Tensor) -> None:
     bar.set_postfix(postfix)
 
 
-def run_epochs(run: Run, start_epoch: int, after_epoch: Callable[[int, str, float, Dict[str, float], int], Dict]) -> Dict:
-    """Epochs ``start_epoch`` .. warm-up + ``--epochs``; ``after_epoch(epoch, phase, lr,
-    sums, rows)`` records each one. Returns the last record."""
+def begin(run: Run, start_epoch: int) -> None:
+    """LLP without a warm-up starts before its first epoch."""
     c = run.config
     if start_epoch == 0 and c.method == "llp" and c.warmup == 0:
         start_llp(run)
+
+
+def one_epoch(run: Run, epoch: int) -> Tuple[str, float, Dict[str, float], int]:
+    """Epoch ``epoch`` of ``run``: the lr, the steps, LLP's end-of-epoch work and the
+    schedule; returns (phase, lr, summed loss parts, rows trained on)."""
+    c = run.config
+    phase = phase_of(run, epoch)
+    lr = c.lr if phase == "warmup" else run.schedule.lr
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    pool = training_pool(run, phase)
+    sums = train_epoch(run, epoch, phase, pool)
+    end_epoch(run, epoch, phase)
+    if phase != "warmup":
+        run.schedule.end_epoch(epoch + 1 - c.warmup, sums["loss"] / len(pool))
+    return phase, lr, sums, len(pool)
+
+
+def run_epochs(run: Run, start_epoch: int, after_epoch: Callable[..., Dict],
+               check: Optional[SelfCheck] = None) -> Dict:
+    """Epochs ``start_epoch`` .. warm-up + ``--epochs`` of the run and of its self-check
+    replicas in lock-step; ``after_epoch(epoch, phase, lr, sums, rows, self_check)``
+    records each one (``self_check``: the self-check's statistics, or {}). Returns the
+    last record."""
+    c = run.config
+    begin(run, start_epoch)
+    if check is not None and start_epoch == 0 and c.warmup == 0:
+        for replica in check.replicas:
+            begin(replica.run, 0)
+        check.start()
     record: Dict = {}
     for epoch in range(start_epoch, c.warmup + c.epochs):
-        phase = phase_of(run, epoch)
-        lr = c.lr if phase == "warmup" else run.schedule.lr
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        pool = training_pool(run, phase)
-        sums = train_epoch(run, epoch, phase, pool)
-        end_epoch(run, epoch, phase)
-        if phase != "warmup":
-            run.schedule.end_epoch(epoch + 1 - c.warmup, sums["loss"] / len(pool))
-        record = after_epoch(epoch, phase, lr, sums, len(pool))
+        phase, lr, sums, rows = one_epoch(run, epoch)
+        found: Dict[str, float] = {}
+        if check is not None:
+            check.train_epoch(epoch, one_epoch)
+            found = check.after_epoch(phase)
+        record = after_epoch(epoch, phase, lr, sums, rows, found)
     return record

@@ -36,6 +36,7 @@ from .data import DataError
 from .evaluate import epoch_record, print_epoch, print_summary
 from .loop import run_epochs
 from .metrics import run_model
+from .selfcheck import build_self_check
 
 
 def _fail(message: str) -> None:
@@ -75,7 +76,8 @@ def train(config: TrainConfig, ckpt: Optional[dict], device: torch.device, group
         run = build_run(config, device, group)
     except ValueError as exc:
         _fail(str(exc))
-    start = restore(run, ckpt) if ckpt is not None else 0
+    check = build_self_check(run, build_run)
+    start = restore(run, ckpt, check) if ckpt is not None else 0
     out = config.out_dir
     if start >= config.warmup + config.epochs:
         return finished(run, start)
@@ -85,18 +87,19 @@ def train(config: TrainConfig, ckpt: Optional[dict], device: torch.device, group
         trim_metrics(out / METRICS, start)
     started = time.time()
 
-    def after_epoch(epoch: int, phase: str, lr: float, sums: dict, rows: int) -> dict:
+    def after_epoch(epoch: int, phase: str, lr: float, sums: dict, rows: int, self_check: dict) -> dict:
         bank = run.state.bank.gather()  # a collective when sharded: every rank calls it
-        record = epoch_record(run, epoch, phase, lr, sums, rows, bank, time.time() - started)
+        record = {**epoch_record(run, epoch, phase, lr, sums, rows, bank, time.time() - started), **self_check}
+        record["seconds"] = time.time() - started
         if run.is_main:
             append_metrics(out / METRICS, record)
-            save_checkpoint(_checkpoint(run, epoch, bank), out / CHECKPOINT)
+            save_checkpoint(_checkpoint(run, epoch, bank, check), out / CHECKPOINT)
             if not config.quiet:
                 print_epoch(record)
         return record
 
     try:
-        record = run_epochs(run, start, after_epoch)
+        record = run_epochs(run, start, after_epoch, check)
     except DataError as exc:
         raise SystemExit(f"error: {exc}") from None
     if run.is_main:
@@ -144,12 +147,15 @@ def finished(run: Run, start: int) -> dict:
     return record
 
 
-def _checkpoint(run: Run, epoch: int, bank: torch.Tensor) -> dict:
+def _checkpoint(run: Run, epoch: int, bank: torch.Tensor, check) -> dict:
     cpu = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in run.state.state_dict().items()}
-    return {"format": FORMAT, "config": run.config.to_dict(), "epoch": epoch,
+    ckpt = {"format": FORMAT, "config": run.config.to_dict(), "epoch": epoch,
             "model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
             "schedule": run.schedule.state_dict(), "llp": {**cpu, "bank": bank.cpu()},
             "rng": rng_state(run.batches)}
+    if check is not None:
+        ckpt["self_check"] = check.state_dict()
+    return ckpt
 
 
 def _json(obj) -> str:

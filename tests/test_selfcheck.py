@@ -1,0 +1,94 @@
+"""The self-check (llp.selfcheck): the probe halves, the gate's arithmetic, the replicas a
+run builds, and what a run records."""
+import json
+
+import pytest
+import torch
+
+from llp import train
+from llp.build import build_run
+from llp.config import TrainConfig
+from llp.selfcheck import FLOOR, build_self_check, gate_of, posterior_gain, split_halves
+
+
+def test_probe_halves_are_disjoint_stratified_and_leave_every_class_labeled():
+    y = torch.tensor([0] * 5 + [1] * 2 + [2] * 1 + [3] * 4)
+    labeled = torch.ones(len(y), dtype=torch.bool)
+    labeled[0] = False                      # class 0 has 4 labeled rows
+    halves = split_halves(labeled, y, seed=3)
+    a, b = (set(h.tolist()) for h in halves)
+    assert not a & b
+    assert 7 not in a | b                   # the single labeled row of class 2 is never a probe
+    assert 0 not in a | b                   # unlabeled rows are never probes
+    for c, n in ((0, 4), (1, 2), (3, 4)):
+        rows = set(torch.nonzero((y == c) & labeled).flatten().tolist())
+        assert len(rows & a) == n // 2 and len(rows & b) == n - n // 2
+        for half in (a, b):                 # the replica holding this half out keeps the rest labeled
+            assert rows - half
+    assert split_halves(labeled, y, seed=3)[0].tolist() == halves[0].tolist()
+
+
+def test_gate_is_zero_without_evidence_and_follows_wins_and_losses():
+    assert posterior_gain(0, 0) == pytest.approx(0.5)
+    assert posterior_gain(7, 3) == pytest.approx(1 - posterior_gain(3, 7))
+    assert gate_of(0, 0) == pytest.approx(max(0.0, (0.5 - FLOOR) / (1 - FLOOR)))
+    gains = [gate_of(w, 10) for w in range(0, 40, 5)]
+    assert gains == sorted(gains) and gains[0] == 0.0 and gains[-1] > 0.99
+    assert gate_of(2, 1) < gate_of(20, 10)  # the same ratio with more evidence moves further
+    assert all(0.0 <= gate_of(w, l) <= 1.0 for w in range(0, 60, 7) for l in range(0, 60, 11))
+
+
+def _run(fraction=0.05, replicas=2, method="llp"):
+    c = TrainConfig(labeled_fraction=fraction, self_check_replicas=replicas, method=method, quiet=True)
+    return build_run(c, torch.device("cpu"), None)
+
+
+def test_replicas_are_half_size_copies_holding_one_probe_half_out():
+    main = _run()
+    check = build_self_check(main, build_run)
+    assert len(check.replicas) == 2
+    labeled = main.state.labeled
+    n_main, m_main = len(labeled), int(labeled.sum())
+    probes = []
+    for replica in check.replicas:
+        state = replica.run.state
+        n = len(state.labeled)
+        assert abs(n - (m_main + (n_main - m_main) / 2)) <= 1
+        assert not state.labeled[replica.probe].any()          # probes are unlabeled to the replica
+        assert torch.equal(replica.run.train_y[replica.probe], replica.probe_y)
+        assert set(replica.run.train_y[state.labeled].tolist()) == set(range(main.split.num_classes))
+        probes.append(len(replica.probe))
+    singletons = sum(1 for c in range(10) if int((main.train_y[labeled] == c).sum()) == 1)
+    assert sum(probes) == m_main - singletons                  # every other labeled row is a probe once
+    assert main.gate == pytest.approx(gate_of(0, 0))
+
+
+def test_no_replicas_for_supervised_runs_or_when_switched_off():
+    assert build_self_check(_run(replicas=0), build_run) is None
+    assert build_self_check(_run(method="supervised"), build_run) is None
+    assert len(build_self_check(_run(replicas=1), build_run).replicas) == 1
+
+
+def test_gate_scales_only_the_pseudo_labeled_rows():
+    main = _run()
+    state = main.state
+    idx = torch.arange(64)
+    emb = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
+    logits = torch.randn(64, 10)
+    off, _, _ = state.loss(idx, emb, logits, unlabeled_weight=0.0)
+    ce = torch.nn.functional.cross_entropy(logits, state.labels[idx], reduction="none")
+    agg = main.state.bank.aggregation_loss(emb, state.labels[idx], state.labels)
+    expected = torch.where(state.labeled[idx], ce + agg, torch.zeros_like(ce)).mean()
+    assert off.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_run_records_the_self_check_every_llp_epoch(tmp_path):
+    train.main(["--quiet", "--run-dir", str(tmp_path / "r"), "--warmup-epochs", "3", "--epochs", "3",
+                "--labeled-fraction", "0.05"])
+    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all("gate" not in l for l in lines[:3])
+    for line in lines[3:]:
+        assert 0.0 <= line["gate"] <= 1.0
+        assert line["selfcheck_probes"] > 0
+        for key in ("selfcheck_acc", "selfcheck_classifier_acc", "selfcheck_reference_acc"):
+            assert 0.0 <= line[key] <= 1.0
