@@ -3,7 +3,12 @@ row in the style of DLP (Iscen et al. 2019).
 
 1. Graph: each row i's ``graph_k`` most similar other rows j (``lk.topk_similarity``
    with tau = 1, so the values are cosine similarities s_ij; row i itself is dropped),
-   weighted ``a_ij = max(s_ij, 0) ** gamma`` (DLP: gamma = 3); ``W = A + A^T``.
+   weighted ``a_ij = max(s_ij, 0) ** gamma`` (DLP: gamma = 3); ``W = A + A^T``. With
+   ``metric="euclidean"`` the rows are not normalised, the neighbours are the nearest in
+   Euclidean distance (``topk_similarity`` of ``2 x_i.x_j - |x_j|^2``, i.e. of
+   ``|x_i|^2 - |x_i - x_j|^2``) and every edge weighs 1, as in scikit-learn's
+   ``LabelSpreading(kernel="knn")``: raw features whose length carries information
+   (concentric circles, say) keep it.
 2. Symmetric normalisation ``W_n = D^-1/2 W D^-1/2``, ``D = diag(W 1)``.
 3. For each class c, ``(I - alpha W_n) f_c = y_c`` by conjugate gradients
    (``scipy.sparse.linalg.cg``, at most ``cg_iters`` iterations, relative tolerance
@@ -34,13 +39,25 @@ import llp_kernels as lk
 from .propagation import Comm, Problem, Settings, chunks, no_progress
 
 
-def read_all(problem: Problem, s: Settings) -> Tensor:
-    """Every row [N, D] fp32 unit, read (and checked) in chunks."""
+def read_all(problem: Problem, s: Settings, check: bool = True) -> Tensor:
+    """Every row [N, D] fp32 (unit length unless ``metric`` is euclidean), read (and
+    checked) in chunks."""
     rows = problem.rows
     keys = torch.empty(rows.n, rows.dim, device=rows.device)
     for lo, hi in chunks(range(rows.n), s.chunk_rows):
-        keys[lo:hi] = rows.read(lo, hi, check=True)
+        keys[lo:hi] = rows.read(lo, hi, check=check, raw=s.metric == "euclidean")
     return keys
+
+
+def nearest(queries: Tensor, keys: Tensor, k: int, s: Settings) -> Tuple[Tensor, Tensor]:
+    """Each query's k most similar keys (ids [Q, k]) and their edge weights [Q, k]:
+    ``max(cos, 0) ** gamma``, or 1 for the Euclidean nearest keys."""
+    if s.metric == "euclidean":
+        _, found = lk.topk_similarity(queries, keys, k, tau=0.5, key_bias=(keys * keys).sum(dim=1),
+                                      backend=s.backend)
+        return found, torch.ones(found.shape, device=keys.device)
+    sims, found = lk.topk_similarity(queries, keys, k, tau=1.0, backend=s.backend)
+    return found, sims.clamp(min=0) ** s.gamma
 
 
 def knn_graph(keys: Tensor, span: range, s: Settings, progress=no_progress) -> Tuple[Tensor, Tensor]:
@@ -54,13 +71,13 @@ def knn_graph(keys: Tensor, span: range, s: Settings, progress=no_progress) -> T
         return ids, weights
     bar = progress("graph", -(-len(span) // s.chunk_rows))
     for lo, hi in chunks(span, s.chunk_rows):
-        sims, found = lk.topk_similarity(keys[lo:hi], keys, k + 1, tau=1.0, backend=s.backend)
+        found, w = nearest(keys[lo:hi], keys, k + 1, s)
         me = torch.arange(lo, hi, device=keys.device)[:, None]
         drop = found == me
         drop[~drop.any(dim=1), -1] = True  # a row that ties with copies of itself: drop the last
         keep = ~drop
         ids[lo - span.start:hi - span.start] = found[keep].view(hi - lo, k)
-        weights[lo - span.start:hi - span.start] = sims[keep].view(hi - lo, k).clamp(min=0) ** s.gamma
+        weights[lo - span.start:hi - span.start] = w[keep].view(hi - lo, k)
         bar.update(1)
     bar.close()
     return ids, weights
@@ -137,12 +154,12 @@ def shares(f: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 
 def extend(queries: Tensor, keys: Tensor, fitted_shares: Tensor, s: Settings) -> Tensor:
-    """Class shares [Q, C] of new rows: one diffusion step from the fitted rows, i.e.
-    the weighted mean of the shares of each query's ``graph_k`` most similar fitted rows
-    with the graph's weights ``max(s, 0) ** gamma``; uniform when every weight is 0."""
+    """Class shares [Q, C] of new rows (unit rows, or raw ones for the euclidean metric):
+    one diffusion step from the fitted rows, i.e. the weighted mean of the shares of each
+    query's ``graph_k`` most similar fitted rows with the graph's weights; uniform when
+    every weight is 0."""
     k = min(s.graph_k, keys.shape[0])
-    sims, found = lk.topk_similarity(queries, keys, k, tau=1.0, backend=s.backend)
-    w = sims.clamp(min=0) ** s.gamma
+    found, w = nearest(queries, keys, k, s)
     mix = torch.einsum("qk,qkc->qc", w, fitted_shares[found])
     total = w.sum(dim=1, keepdim=True)
     uniform = torch.full_like(mix, 1.0 / fitted_shares.shape[1])

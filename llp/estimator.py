@@ -2,7 +2,8 @@
 scikit-learn estimator for data held in memory (also importable as
 ``llp.propagate.LocalLabelPropagation``).
 
-    model = LocalLabelPropagation(method="llp", k=10, t=25).fit(X, y)   # y: -1 = unlabeled
+    model = LocalLabelPropagation().fit(X, y)     # y: -1 = unlabeled; method="auto" chooses
+    model.chosen_                 # what auto chose, and every candidate's cross-validated accuracy
     model.transduction_           # [N] a label for every training row (labeled rows keep theirs)
     model.label_distributions_    # [N, C] class shares, rows sum to 1 (labeled rows one-hot)
     model.predict(X_new), model.predict_proba(X_new)
@@ -23,6 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import diffusion
+from .method_choice import choose
 from .propagation import Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit, stream_votes
 
 
@@ -49,7 +51,9 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    method : {"llp", "knn", "ratio", "diffusion"}
+    method : {"auto", "llp", "knn", "ratio", "diffusion"}
+        ``auto``: the method and its settings with the best cross-validated accuracy on the
+        labeled rows (``llp.method_choice``; it sets k, tau, graph_k, alpha and metric itself);
         ``llp``: density-weighted vote of the k best labeled rows (eq. 5); ``knn``: the
         same without density (NoDW); ``ratio``: the paper's ratio-based weighting, a
         constant factor that gives knn's votes (see ``llp.propagation``); ``diffusion``:
@@ -60,8 +64,9 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
     backend : str, ``llp_kernels`` backend ("auto", "reference", "cpu", "triton", "cuda").
     device : {"auto", "cpu", "cuda"}
     chunk_rows : int, rows scored at a time (bounds the working memory).
-    graph_k, gamma, alpha, cg_iters, cg_tol : the diffusion graph's degree, edge exponent,
-        diffusion weight, conjugate-gradient iterations per class and tolerance.
+    graph_k, gamma, alpha, cg_iters, cg_tol, metric : the diffusion graph's degree, edge
+        exponent, diffusion weight, conjugate-gradient iterations per class and tolerance, and
+        whether its neighbours are by cosine similarity or Euclidean distance.
 
     Attributes
     ----------
@@ -69,12 +74,15 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
     transduction_ : [N] label of every training sample.
     label_distributions_ : [N, C] class shares of every training sample (rows sum to 1).
     log_density_ : [M] float32 local log-density of each labeled sample (llp), else None.
+    chosen_ : dict, with ``method="auto"``: the chosen candidate, its settings and every
+        candidate's cross-validated accuracy; else None.
     labeled_indices_ : [M] positions of the labeled samples in X.
     n_features_in_ : int.
     """
 
-    def __init__(self, method="llp", k=10, t=25, tau=0.07, backend="auto", device="auto",
-                 chunk_rows=65536, graph_k=50, gamma=3.0, alpha=0.99, cg_iters=20, cg_tol=1e-6):
+    def __init__(self, method="auto", k=10, t=25, tau=0.07, backend="auto", device="auto",
+                 chunk_rows=65536, graph_k=50, gamma=3.0, alpha=0.99, cg_iters=20, cg_tol=1e-6,
+                 metric="cosine"):
         self.method = method
         self.k = k
         self.t = t
@@ -87,11 +95,12 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
         self.alpha = alpha
         self.cg_iters = cg_iters
         self.cg_tol = cg_tol
+        self.metric = metric
 
     def _settings(self) -> Settings:
         s = Settings(method=self.method, k=self.k, t=self.t, tau=self.tau, backend=self.backend,
                      chunk_rows=self.chunk_rows, graph_k=self.graph_k, gamma=self.gamma,
-                     alpha=self.alpha, cg_iters=self.cg_iters, cg_tol=self.cg_tol)
+                     alpha=self.alpha, cg_iters=self.cg_iters, cg_tol=self.cg_tol, metric=self.metric)
         check_settings(s)
         return s
 
@@ -106,32 +115,38 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
         if len(labeled_ids) == 0:
             raise ValueError("no labeled sample: every entry of y is -1")
         self.classes_ = np.unique(y[labeled_ids])
-        if s.method != "diffusion" and s.k > len(labeled_ids):
+        if s.method not in ("diffusion", "auto") and s.k > len(labeled_ids):
             raise ValueError(f"k={s.k} neighbours cannot vote: only n_samples={len(labeled_ids)} "
                              f"labeled (lower k)")
         classes = np.full(len(y), -1, dtype=np.int64)
         classes[labeled_ids] = np.searchsorted(self.classes_, y[labeled_ids])
         problem = Problem(Rows(X, device), classes, labeled_ids, len(self.classes_))
         self.labeled_indices_ = labeled_ids
+        self.chosen_, top = None, None
         try:
+            if s.method == "auto":
+                choice = choose(problem, s, Comm(None, problem.rows.device))
+                s, top = choice.settings, choice.top_similarities
+                self.chosen_ = choice.summary()
+            self._fitted_settings = s
             if s.method == "diffusion":
                 self._fit_diffusion(problem, s, classes)
             else:
-                self._fit_vote(problem, s)
+                self._fit_vote(problem, s, top)
         except NonFiniteRow as exc:
             raise ValueError(f"X {exc}") from None
         self.transduction_ = self.classes_[self.label_distributions_.argmax(axis=1)]
         return self
 
-    def _fit_vote(self, problem: Problem, s: Settings) -> None:
+    def _fit_vote(self, problem: Problem, s: Settings, top=None) -> None:
         comm = Comm(None, problem.rows.device)
-        fitted = fit(problem, s, comm)
+        fitted = fit(problem, s, comm, top_similarities=top if s.method == "llp" else None)
         shares = np.zeros((problem.rows.n, problem.num_classes), dtype=np.float32)
 
         def keep(first, labels, conf, p):
             shares[first:first + len(labels)] = p
 
-        stream_votes(problem, fitted, comm, keep, check=fitted.log_density is None, proba=True)
+        stream_votes(problem, fitted, comm, keep, check=fitted.log_density is None and top is None, proba=True)
         self._fitted = fitted
         self.log_density_ = None if fitted.log_density is None else fitted.log_density.cpu().numpy()
         self.label_distributions_ = shares
@@ -149,14 +164,14 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
         """Class shares [Q, C] of new rows (columns in ``classes_`` order)."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        s = self._settings()
+        s = self._fitted_settings
         rows = Rows(X, _device(self.device))
         out = np.empty((rows.n, len(self.classes_)), dtype=np.float32)
         try:
             for lo in range(0, rows.n, s.chunk_rows):
                 hi = min(rows.n, lo + s.chunk_rows)
-                queries = rows.read(lo, hi, check=True)
-                if self.method == "diffusion":
+                queries = rows.read(lo, hi, check=True, raw=s.metric == "euclidean")
+                if s.method == "diffusion":
                     fitted = torch.from_numpy(self.label_distributions_).to(self._keys.device)
                     p = diffusion.extend(queries, self._keys, fitted, s)
                 else:

@@ -29,9 +29,9 @@ import torch
 
 import llp_kernels as lk
 
-from . import diffusion, distributed
+from . import diffusion, distributed, method_choice
 from .config import _Help, _Parser
-from .propagation import (METHODS, Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit,
+from .propagation import (METHODS, METRICS, Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit,
                           no_progress, stream_votes)
 from .propagation_eval import decile_table, density_count_r, evaluate, plot_png
 
@@ -74,10 +74,11 @@ def build_parser() -> _Parser:
     g("--plot", action="store_true", help="with --eval-labels: DIR/confidence_accuracy.png, accuracy by confidence decile")
     g = p.add_argument_group("propagation").add_argument
     g("--method", choices=METHODS, default=d.method,
-      help="llp: density-weighted vote of the K nearest labeled rows (eq. 5); knn: the same without density "
+      help="auto: the method and its k/tau/graph settings with the best cross-validated accuracy on the "
+           "labeled rows (diffusion only up to 50,000 rows; summary.json says what it chose); llp: "
+           "density-weighted vote of the K nearest labeled rows (eq. 5); knn: the same without density "
            "(NoDW); ratio: the paper's ratio-based weighting P_R = P M/(N-M), whose constant factor gives knn's "
-           "votes; diffusion: DLP-style diffusion on a "
-           "kNN graph of all rows")
+           "votes; diffusion: DLP-style diffusion on a kNN graph of all rows")
     g("--k", type=int, default=d.k, help="K labeled neighbours that vote (at most the number of labeled rows)")
     g("--t", type=int, default=d.t, help="T nearest unlabeled rows in the local density (clamped to their number)")
     g("--tau", type=float, default=d.tau, help="temperature of the similarities")
@@ -86,6 +87,8 @@ def build_parser() -> _Parser:
     g("--alpha", type=float, default=d.alpha, help="diffusion: solve (I - alpha W) F = Y (default 0.99, as DLP)")
     g("--cg-iters", type=int, default=d.cg_iters, help="diffusion: conjugate-gradient iterations per class (default 20, as DLP)")
     g("--cg-tol", type=float, default=d.cg_tol, help="diffusion: conjugate-gradient relative tolerance")
+    g("--metric", choices=METRICS, default=d.metric, help="diffusion: the graph's neighbours by cosine similarity "
+      "of the normalised rows, or by Euclidean distance of the rows as stored (edges of weight 1)")
     g = p.add_argument_group("run").add_argument
     g("--chunk-rows", type=int, default=d.chunk_rows, help="rows read and scored at a time (bounds the memory)")
     g("--backend", choices=("auto",) + lk.BACKENDS, default=d.backend, help="llp_kernels backend")
@@ -97,14 +100,22 @@ def build_parser() -> _Parser:
 def settings_of(args) -> Settings:
     return Settings(method=args.method, k=args.k, t=args.t, tau=args.tau, backend=args.backend,
                     chunk_rows=args.chunk_rows, graph_k=args.graph_k, gamma=args.gamma, alpha=args.alpha,
-                    cg_iters=args.cg_iters, cg_tol=args.cg_tol)
+                    cg_iters=args.cg_iters, cg_tol=args.cg_tol, metric=args.metric)
+
+
+AUTO_CHOOSES = ("--k", "--tau", "--graph-k", "--alpha", "--metric")
 
 
 def parse(argv: Optional[List[str]] = None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         check_settings(settings_of(args), flag=lambda name: "--" + name.replace("_", "-"))
+        given = [f for f in AUTO_CHOOSES if any(a == f or a.startswith(f + "=") for a in argv)]
+        if args.method == "auto" and given:
+            raise ValueError(f"{given[0]}: --method auto chooses {', '.join(AUTO_CHOOSES)} itself; give "
+                             f"--method llp, knn or diffusion to set them")
         if args.plot and not args.eval_labels:
             raise ValueError("--plot needs --eval-labels")
     except ValueError as exc:
@@ -214,7 +225,7 @@ def load_inputs(args) -> Inputs:
     if labeled_ids.size == 0:
         raise InputError("no labeled row: every entry of --labels is -1")
     classes = np.unique(np.asarray(labels[labeled_ids]))
-    if args.method != "diffusion" and args.k > labeled_ids.size:
+    if args.method not in ("diffusion", "auto") and args.k > labeled_ids.size:
         raise InputError(f"--k {args.k} is more than the {labeled_ids.size} labeled rows: lower --k or label more rows")
     truth = None
     if args.eval_labels:
@@ -340,21 +351,26 @@ def run(args, inputs: Inputs, comm: Comm, device: torch.device, outputs: Optiona
     timings: dict = {}
     try:
         tally = _Tally(inputs, outputs) if comm.is_main else None
-        log_density = None
+        log_density, choice, top = None, None, None
+        if s.method == "auto":
+            choice = method_choice.choose(problem, s, comm, progress, timings)
+            s, top = choice.settings, choice.top_similarities
         if s.method == "diffusion":
             _, f = diffusion.fit(problem, s, comm, progress, timings)
             if comm.is_main:
                 _write_diffusion(f, inputs, s.chunk_rows, tally)
         else:
-            fitted = fit(problem, s, comm, progress, timings)
+            fitted = fit(problem, s, comm, progress, timings, top_similarities=top if s.method == "llp" else None)
             start = time.perf_counter()
-            stream_votes(problem, fitted, comm, tally, check=fitted.log_density is None, progress=progress)
+            checked = choice is not None or fitted.log_density is not None
+            stream_votes(problem, fitted, comm, tally, check=not checked, progress=progress)
             timings["propagation"] = time.perf_counter() - start
             if fitted.log_density is not None:
                 log_density = fitted.log_density.cpu().numpy()
         if not comm.is_main:
             return {}
-        summary = _finish(args, inputs, comm, device, rows, outputs, tally, log_density, timings, started)
+        summary = _finish(args, s, choice, inputs, comm, device, rows, outputs, tally, log_density, timings,
+                          started)
     except BaseException:
         if outputs is not None:
             outputs.abort()
@@ -371,14 +387,14 @@ def _write_diffusion(f: np.ndarray, inputs: Inputs, chunk: int, tally: _Tally) -
               np.where(known, np.float32(1), conf[lo:lo + chunk]).astype(np.float32))
 
 
-def _finish(args, inputs: Inputs, comm: Comm, device, rows: Rows, outputs: Outputs, tally: _Tally,
-            log_density, timings: dict, started: float) -> dict:
+def _finish(args, s: Settings, choice, inputs: Inputs, comm: Comm, device, rows: Rows, outputs: Outputs,
+            tally: _Tally, log_density, timings: dict, started: float) -> dict:
     n, m = rows.n, len(inputs.labeled_ids)
     labeled_classes = np.asarray(inputs.labels[inputs.labeled_ids], dtype=np.int64)
     summary = {
         "rows": n, "dim": rows.dim, "dtype": inputs.dtype, "labeled": m, "unlabeled": n - m,
         "classes": inputs.num_classes, "method": args.method, "processes": comm.world, "device": str(device),
-        "t_used": min(args.t, n - m) if args.method == "llp" else None,
+        "t_used": min(args.t, n - m) if s.method == "llp" else None,
         "labeled_per_class": np.bincount(labeled_classes, minlength=inputs.num_classes).tolist(),
         "pseudo_labeled_per_class": tally.pseudo.tolist(),
         "unassigned": tally.unassigned,
@@ -387,13 +403,15 @@ def _finish(args, inputs: Inputs, comm: Comm, device, rows: Rows, outputs: Outpu
                             if log_density is not None else None),
         "zero_norm_rows": rows.zero_rows,
     }
+    if choice is not None:
+        summary["auto"] = choice.summary()
     if inputs.truth is not None:
         start = time.perf_counter()
         summary["eval"] = evaluate(outputs.labels, outputs.confidence, inputs.labels, inputs.truth, SCAN_ROWS)
         timings["evaluation"] = time.perf_counter() - start
         if args.plot and summary["eval"]["deciles"]:
             outputs.add_file("confidence_accuracy.png",
-                             plot_png(summary["eval"]["deciles"], f"{args.method}: accuracy by confidence"))
+                             plot_png(summary["eval"]["deciles"], f"{s.method}: accuracy by confidence"))
     summary["flags"] = vars(args)
     timings["total"] = time.perf_counter() - started
     summary["timings_s"] = timings
@@ -407,6 +425,12 @@ def _finish(args, inputs: Inputs, comm: Comm, device, rows: Rows, outputs: Outpu
 def _report(summary: dict) -> None:
     lines = [f"{summary['rows']} rows ({summary['labeled']} labeled, {summary['unlabeled']} pseudo-labeled), "
              f"{summary['classes']} classes, method {summary['method']}, {summary['processes']} process(es)"]
+    if "auto" in summary:
+        auto = summary["auto"]
+        score = auto["cross_validation_accuracy"].get(auto["chosen"])
+        lines.append(f"auto chose {auto['chosen']}" + (f" (cross-validated accuracy {score:.4f} over "
+                     f"{auto['cross_validated_rows']} labeled rows)" if score is not None else
+                     " (no class has two labeled rows to cross-validate: the paper's method)"))
     if summary["mean_confidence"] is not None:
         lines.append(f"mean confidence of the pseudo-labels: {summary['mean_confidence']:.4f}")
     if summary["density_count_r"] is not None:

@@ -47,13 +47,14 @@ import llp_kernels as lk
 
 from .distributed import Group, all_min, all_sum, gather_rows, merged_topk_values, row_counts
 
-METHODS = ("llp", "knn", "ratio", "diffusion")
+METHODS = ("auto", "llp", "knn", "ratio", "diffusion")
+METRICS = ("cosine", "euclidean")
 
 
 @dataclass(frozen=True)
 class Settings:
     """What a propagation run computes; the CLI flags and the estimator's parameters."""
-    method: str = "llp"
+    method: str = "auto"
     k: int = 10
     t: int = 25
     tau: float = 0.07
@@ -64,12 +65,17 @@ class Settings:
     alpha: float = 0.99
     cg_iters: int = 20
     cg_tol: float = 1e-6
+    metric: str = "cosine"
 
 
 def check_settings(s: Settings, flag: Callable[[str], str] = lambda name: name) -> None:
     """One ValueError naming the setting (as ``flag(name)`` spells it) for a bad value."""
     if s.method not in METHODS:
         raise ValueError(f"{flag('method')} must be one of {', '.join(METHODS)}, got {s.method!r}")
+    if s.metric not in METRICS:
+        raise ValueError(f"{flag('metric')} must be one of {', '.join(METRICS)}, got {s.metric!r}")
+    if s.metric == "euclidean" and s.method not in ("diffusion", "auto"):
+        raise ValueError(f"{flag('metric')} euclidean is for the diffusion graph only (the votes are cosine)")
     if s.backend != "auto" and s.backend not in lk.BACKENDS:
         raise ValueError(f"{flag('backend')} must be auto or one of {', '.join(lk.BACKENDS)}, got {s.backend!r}")
     for name in ("k", "t", "chunk_rows", "graph_k", "cg_iters"):
@@ -108,14 +114,15 @@ class Rows:
     def __len__(self) -> int:
         return self.n
 
-    def read(self, lo: int, hi: int, check: bool = False) -> Tensor:
-        return self._normalised(np.array(self.array[lo:hi], copy=True), lo if check else None)
+    def read(self, lo: int, hi: int, check: bool = False, raw: bool = False) -> Tensor:
+        """Rows [lo, hi) fp32, L2-normalised (``raw``: as stored, for Euclidean distances)."""
+        return self._normalised(np.array(self.array[lo:hi], copy=True), lo if check else None, raw)
 
     def take(self, ids: np.ndarray) -> Tensor:
         """Rows ``ids`` (ascending), unchecked: a later full pass checks every row."""
         return self._normalised(np.asarray(self.array[ids]), None)
 
-    def _normalised(self, block: np.ndarray, first: Optional[int]) -> Tensor:
+    def _normalised(self, block: np.ndarray, first: Optional[int], raw: bool = False) -> Tensor:
         x = torch.from_numpy(np.ascontiguousarray(block))
         if self.bfloat16:
             x = x.view(torch.bfloat16)
@@ -125,7 +132,7 @@ class Rows:
             if not bool(finite.all()):
                 raise NonFiniteRow(first + int(torch.nonzero(~finite)[0, 0]))
             self.zero_rows += int((x == 0).all(dim=1).sum())
-        return torch.nn.functional.normalize(x, dim=1)
+        return x if raw else torch.nn.functional.normalize(x, dim=1)
 
 
 @dataclass
@@ -187,6 +194,15 @@ class Comm:
             row = None if smallest == np.iinfo(np.int64).max else smallest
         if row is not None:
             raise NonFiniteRow(row)
+
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` on every process."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(t, src=0)
+        return int(t[0])
 
     def sum_int(self, value: int) -> int:
         if self.world == 1:
@@ -255,29 +271,62 @@ class Fitted:
 
 
 def fit(problem: Problem, s: Settings, comm: Comm, progress=no_progress,
-        timings: Optional[dict] = None) -> Fitted:
+        timings: Optional[dict] = None, top_similarities: Optional[Tensor] = None) -> Fitted:
     """Loads the labeled rows and, for ``llp``, runs the density pass over
-    this process's rows (which also checks every row: ``NonFiniteRow``). ``timings``
+    this process's rows (which also checks every row: ``NonFiniteRow``), unless
+    ``top_similarities`` (``labeled_rows_and_density_pass``'s) are given. ``timings``
     gets the seconds of each phase (``labeled_rows``, ``density``)."""
     timings = {} if timings is None else timings
-    start = time.perf_counter()
-    rows = problem.rows
-    labeled = rows.take(problem.labeled_ids)
-    classes = torch.from_numpy(np.asarray(problem.labels[problem.labeled_ids], dtype=np.int64)).to(rows.device)
-    timings["labeled_rows"] = time.perf_counter() - start
     log_density = bias = None
     if s.method == "llp":
+        if top_similarities is None:
+            labeled, classes, top_similarities = labeled_rows_and_density_pass(problem, s, comm, progress, timings)
+        else:
+            labeled, classes = labeled_rows(problem)
+        log_density = bias = log_density_of(top_similarities, s.tau)
+    else:
         start = time.perf_counter()
-        log_density = bias = _log_density(problem, labeled, s, comm, progress)
-        timings["density"] = time.perf_counter() - start
-    elif s.method == "ratio":
-        bias = torch.full((labeled.shape[0],), -_log_ratio(problem), device=labeled.device)
+        labeled, classes = labeled_rows(problem)
+        timings["labeled_rows"] = time.perf_counter() - start
+        if s.method == "ratio":
+            bias = torch.full((labeled.shape[0],), -_log_ratio(problem), device=labeled.device)
     return Fitted(labeled, classes, bias, log_density, problem.num_classes, s)
 
 
-def _log_density(problem: Problem, labeled: Tensor, s: Settings, comm: Comm, progress) -> Tensor:
-    """eq. 4 for every labeled row [M]: each process keeps the T best unlabeled
-    similarities of each labeled row over its own chunks, then the processes merge."""
+def labeled_rows(problem: Problem) -> Tuple[Tensor, Tensor]:
+    """The labeled rows [M, D] (fp32, unit) and their classes [M]."""
+    rows = problem.rows
+    labeled = rows.take(problem.labeled_ids)
+    classes = torch.from_numpy(np.asarray(problem.labels[problem.labeled_ids], dtype=np.int64)).to(rows.device)
+    return labeled, classes
+
+
+def labeled_rows_and_density_pass(problem: Problem, s: Settings, comm: Comm, progress=no_progress,
+                                  timings: Optional[dict] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """The labeled rows, their classes and each one's ``min(t, U)`` largest cosine
+    similarities to unlabeled rows [M, t] (descending): eq. 4's density at any tau is
+    ``log_density_of`` them. One pass over every row, which checks it."""
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    labeled, classes = labeled_rows(problem)
+    timings["labeled_rows"] = time.perf_counter() - start
+    start = time.perf_counter()
+    top = _top_similarities(problem, labeled, s, comm, progress)
+    timings["density"] = time.perf_counter() - start
+    return labeled, classes, top
+
+
+def log_density_of(top_similarities: Tensor, tau: float) -> Tensor:
+    """eq. 4: ``log_density_i = logsumexp_u s_iu / tau`` over the T best similarities [M, T]
+    (0 for every row when there is no unlabeled row)."""
+    if top_similarities.shape[1] == 0:
+        return torch.zeros(top_similarities.shape[0], device=top_similarities.device)
+    return torch.logsumexp(top_similarities / tau, dim=1)
+
+
+def _top_similarities(problem: Problem, labeled: Tensor, s: Settings, comm: Comm, progress) -> Tensor:
+    """Each labeled row's T best cosine similarities to unlabeled rows [M, T]: each
+    process keeps them over its own chunks, then the processes merge."""
     rows, M = problem.rows, labeled.shape[0]
     t = min(s.t, problem.unlabeled_count)
     best = torch.empty(M, 0, device=rows.device)
@@ -293,7 +342,7 @@ def _log_density(problem: Problem, labeled: Tensor, s: Settings, comm: Comm, pro
         unlabeled = torch.from_numpy(problem.labels_of(lo, hi) < 0).to(rows.device)
         if t and bool(unlabeled.any()):
             keys = x[unlabeled]
-            values, _ = lk.topk_similarity(labeled, keys, min(t, keys.shape[0]), s.tau, backend=s.backend)
+            values, _ = lk.topk_similarity(labeled, keys, min(t, keys.shape[0]), 1.0, backend=s.backend)
             best = torch.cat([best, values], dim=1)
             if best.shape[1] > t:
                 best = torch.topk(best, t, dim=1).values
@@ -302,8 +351,8 @@ def _log_density(problem: Problem, labeled: Tensor, s: Settings, comm: Comm, pro
     comm.raise_first_bad(bad)
     rows.zero_rows = comm.sum_int(rows.zero_rows)
     if t == 0:
-        return torch.zeros(M, device=rows.device)
-    return torch.logsumexp(comm.merged_topk_values(best, t), dim=1)
+        return torch.empty(M, 0, device=rows.device)
+    return comm.merged_topk_values(best, t)
 
 
 def _log_ratio(problem: Problem) -> float:

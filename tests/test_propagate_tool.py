@@ -140,7 +140,7 @@ def test_half_precision_files(tmp_path):
                                  ("xbf16.npy", ["--dtype", "bfloat16"], bf16.float().numpy())):
         out = tmp_path / name
         summary = propagate.main(["--embeddings", str(folder / name), "--labels", str(folder / "y.npy"),
-                                  "--out", str(out), "--quiet", "--chunk-rows", "128", *flags])
+                                  "--out", str(out), "--quiet", "--chunk-rows", "128", "--method", "llp", *flags])
         labels, conf = outputs(out)
         want_labels, want_conf = reference_vote(rounded, np.load(folder / "y.npy"), "llp")
         assert np.array_equal(labels, want_labels), name
@@ -182,7 +182,7 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     folder = write(tmp_path)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     propagate.main(["--embeddings", str(folder / "x.npy"), "--labels", str(folder / "y.npy"),
-                    "--out", str(tmp_path / "out"), "--chunk-rows", "100"])
+                    "--out", str(tmp_path / "out"), "--chunk-rows", "100", "--method", "llp"])
     err = capsys.readouterr().err
     assert "density" in err and "propagation" in err
 
@@ -212,7 +212,8 @@ def _bad_inputs(folder):
     (["--labels", "short.npy"], "--labels has 499 entries but --embeddings has 500 rows"),
     (["--labels", "two_d.npy"], "--labels must be an integer [N] array"),
     (["--labels", "none.npy"], "no labeled row"),
-    (["--k", "41"], "--k 41 is more than the 40 labeled rows"),
+    (["--k", "41", "--method", "llp"], "--k 41 is more than the 40 labeled rows"),
+    (["--k", "5"], "--k: --method auto chooses --k, --tau, --graph-k, --alpha, --metric itself"),
     (["--eval-labels", "extra.npy"], f"class {C + 2} occurs in --eval-labels but no labeled row has it"),
     (["--k", "0"], "--k must be an integer >= 1"),
     (["--method", "spectral"], "--method: invalid choice"),
@@ -263,13 +264,14 @@ NOT_APPLICABLE = {
 }
 
 
-@parametrize_with_checks([LocalLabelPropagation(method=m, backend="cpu") for m in ("llp", "knn", "ratio", "diffusion")],
+@parametrize_with_checks([LocalLabelPropagation(method=m, backend="cpu")
+                          for m in ("auto", "llp", "knn", "ratio", "diffusion")],
                          expected_failed_checks=lambda estimator: NOT_APPLICABLE)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
-@pytest.mark.parametrize("method", ["llp", "knn", "ratio", "diffusion"])
+@pytest.mark.parametrize("method", ["auto", "llp", "knn", "ratio", "diffusion"])
 def test_estimator_is_the_cli(tmp_path, method):
     folder = write(tmp_path)
     cli(folder, tmp_path / "out", "--method", method)
@@ -287,7 +289,7 @@ def test_estimator_is_the_cli(tmp_path, method):
 def test_estimator_predicts_new_rows_with_the_fitted_densities():
     x, y, _ = clustered()
     new, _, _ = clustered(n=60, seed=1)
-    model = LocalLabelPropagation().fit(x, y)
+    model = LocalLabelPropagation(method="llp").fit(x, y)
     xn = torch.nn.functional.normalize(torch.from_numpy(x), dim=1)
     known = y >= 0
     density = lk.local_density(xn[known], xn[~known], 25, TAU)
@@ -303,7 +305,7 @@ def test_estimator_errors():
     with pytest.raises(ValueError, match="no labeled sample"):
         LocalLabelPropagation().fit(x, np.full_like(y, -1))
     with pytest.raises(ValueError, match="k=50 neighbours cannot vote"):
-        LocalLabelPropagation(k=50).fit(x, y)
+        LocalLabelPropagation(method="llp", k=50).fit(x, y)
     with pytest.raises(ValueError, match="method must be one of"):
         LocalLabelPropagation(method="magic").fit(x, y)
     diffusion = LocalLabelPropagation(method="diffusion", graph_k=5).fit(x, y)
@@ -313,7 +315,7 @@ def test_estimator_errors():
 
 # ---- several processes --------------------------------------------------------------------
 
-METHODS_2P = ("llp", "knn", "ratio", "diffusion")
+METHODS_2P = ("llp", "knn", "ratio", "diffusion", "auto")
 
 
 def _two_ranks(rank, world, init_file, folder, out_root):
