@@ -104,13 +104,17 @@ class LLPState:
     def loss(self, idx: Tensor, embedding: Tensor, logits: Tensor,
              unlabeled_weight: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
         """mean_b w_b * (CE(logits_b, y_b) + L_A(v_b)) with w_b = c_b (1 for labeled rows,
-        ``unlabeled_weight`` * c_b for pseudo-labeled ones); returns (loss, ce, agg) means."""
+        ``unlabeled_weight`` * c_b for pseudo-labeled ones; at weight 0 the pseudo-labels are
+        not aggregation targets either); returns (loss, ce, agg) means."""
         y = self.labels[idx]
         weight = self.confidence[idx] if self.config.use_confidence else torch.ones_like(self.confidence[idx])
         if unlabeled_weight != 1.0:
             weight = torch.where(self.labeled[idx], weight, weight * unlabeled_weight)
         ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        agg = self.bank.aggregation_loss(embedding, y, self.labels)
+        # With no weight on pseudo-labels they leave the aggregation targets too: a labeled
+        # row then gathers with the labeled rows of its class only (supervised training).
+        bank_labels = self.labels if unlabeled_weight > 0 else torch.where(self.labeled, self.labels, -1)
+        agg = self.bank.aggregation_loss(embedding, y, bank_labels)
         total = (weight * (ce + agg)).mean()
         return total, ce.mean().detach(), agg.mean().detach()
 

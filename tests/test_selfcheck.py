@@ -69,17 +69,22 @@ def test_no_replicas_for_supervised_runs_or_when_switched_off():
     assert len(build_self_check(_run(replicas=1), build_run).replicas) == 1
 
 
-def test_gate_scales_only_the_pseudo_labeled_rows():
+def test_a_closed_gate_leaves_the_labeled_rows_alone_in_the_loss():
     main = _run()
     state = main.state
+    state.propagate()
     idx = torch.arange(64)
     emb = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
     logits = torch.randn(64, 10)
-    off, _, _ = state.loss(idx, emb, logits, unlabeled_weight=0.0)
     ce = torch.nn.functional.cross_entropy(logits, state.labels[idx], reduction="none")
-    agg = main.state.bank.aggregation_loss(emb, state.labels[idx], state.labels)
-    expected = torch.where(state.labeled[idx], ce + agg, torch.zeros_like(ce)).mean()
-    assert off.item() == pytest.approx(expected.item(), rel=1e-5)
+    conf = state.confidence[idx]
+    for weight in (0.0, 0.25):
+        total, _, _ = state.loss(idx, emb, logits, unlabeled_weight=weight)
+        # a closed gate: pseudo-labels are neither weighted nor aggregation targets
+        targets = state.labels if weight > 0 else torch.where(state.labeled, state.labels, -1)
+        agg = main.state.bank.aggregation_loss(emb, state.labels[idx], targets)
+        w = torch.where(state.labeled[idx], conf, weight * conf)
+        assert total.item() == pytest.approx((w * (ce + agg)).mean().item(), rel=1e-5)
 
 
 def test_a_run_records_the_self_check_every_llp_epoch(tmp_path):
