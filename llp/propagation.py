@@ -95,10 +95,13 @@ class NonFiniteRow(ValueError):
 class Rows:
     """An [N, D] array (``np.ndarray`` or ``np.memmap``; float16/32/64, or bfloat16 bit
     patterns stored as uint16/int16 when ``bfloat16``) read in row ranges; each read
-    returns fp32 rows L2-normalised on ``device`` (an all-zero row stays zero).
+    returns fp32 rows L2-normalised on ``device`` by ``lk.normalize_rows`` in the file's
+    precision (fp32 for 16-bit files), so every finite row is unit length whatever its
+    magnitude (a float64 row of 1e300 too); an all-zero row stays zero.
 
     ``read(lo, hi, check=True)`` raises ``NonFiniteRow`` for the first row holding NaN
-    or inf and counts all-zero rows in ``zero_rows``; only one pass should check."""
+    or inf and counts the rows whose every value is exactly 0 in ``zero_rows``; only one
+    pass should check."""
 
     def __init__(self, array, device="cpu", bfloat16: bool = False):
         self.array, self.device, self.bfloat16 = array, torch.device(device), bfloat16
@@ -119,13 +122,15 @@ class Rows:
         x = torch.from_numpy(np.ascontiguousarray(block))
         if self.bfloat16:
             x = x.view(torch.bfloat16)
-        x = x.to(self.device).float()
+        x = x.to(self.device)
+        if x.dtype != torch.float64:
+            x = x.float()
         if first is not None:
             finite = torch.isfinite(x).all(dim=1)
             if not bool(finite.all()):
                 raise NonFiniteRow(first + int(torch.nonzero(~finite)[0, 0]))
             self.zero_rows += int((x == 0).all(dim=1).sum())
-        return torch.nn.functional.normalize(x, dim=1)
+        return lk.normalize_rows(x).float()
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ._lse import backward_inputs
+from ._normalize import normalize_rows
 from .backends._record import Backend
 
 
@@ -208,17 +209,16 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
 
     ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` for each ``(i, v)`` of
     ``(indices, embeddings)``, mixing in fp32 and storing in the bank's dtype.
-    ``normalize`` divides by ``max(norm, 1e-12)``; a row whose mix is not finite becomes
-    all NaN. When an index repeats within the call, the last occurrence wins: the row is
+    ``normalize`` is ``normalize_rows``: every finite mix becomes a unit row, however large
+    or small, an all-zero mix stays zero, and a row whose mix is not finite becomes all
+    NaN. When an index repeats within the call, the last occurrence wins: the row is
     mixed once, from its old value.
     """
     keep = last_occurrence_mask(indices) & (indices >= 0)  # kernels' callers mark skipped rows -1
     rows = indices[keep].long()
     dtype = _compute_dtype(bank, embeddings)
     mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
-    finite = torch.isfinite((mixed * mixed).sum(dim=1, keepdim=True))
-    new = torch.where(finite, torch.nn.functional.normalize(mixed, dim=1, eps=1e-12), float("nan"))
-    bank[rows] = new.to(bank.dtype)
+    bank[rows] = normalize_rows(mixed).to(bank.dtype)
     return bank
 
 

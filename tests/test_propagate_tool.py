@@ -187,6 +187,48 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert "density" in err and "propagation" in err
 
 
+def float64_vote(x, labels, k=10, t=25):
+    """The llp vote in float64 from rows normalised in float64 (scaled first: no overflow)."""
+    x = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    scale = x.abs().amax(dim=1, keepdim=True)
+    x = x / torch.where(scale > 0, scale, 1.0)
+    norm = x.norm(dim=1, keepdim=True)
+    xn = x / torch.where(norm > 0, norm, 1.0)
+    lab = torch.from_numpy(labels)
+    known = lab >= 0
+    density = ref.local_density(xn[known], xn[~known], t, TAU)
+    got_labels, got_conf = ref.propagate_labels(xn[~known], xn[known], lab[known], density, k, TAU)
+    want_labels, want_conf = lab.clone(), torch.ones(len(lab), dtype=torch.float64)
+    want_labels[~known], want_conf[~known] = got_labels, got_conf
+    return want_labels.numpy(), want_conf.numpy()
+
+
+def test_rows_of_any_magnitude_match_float64(tmp_path):
+    """Rows at 1e-30 ... 1e30 (fp32's squared norm over- or underflows beyond about 1e19 and
+    1e-19), and exactly zero rows, which alone are counted as zero."""
+    x, labels, truth = clustered()
+    scales = np.float32(10.0) ** np.tile(np.array([-30, -14, 0, 19, 30], dtype=np.float32), N // 5)
+    x = x * scales[:, None]
+    zero = np.flatnonzero(labels < 0)[:3]
+    x[zero] = 0
+    folder = tmp_path / "scaled"
+    folder.mkdir()
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", labels)
+    summary = cli(folder, tmp_path / "out")
+    want_labels, want_conf = float64_vote(x, labels)
+    got_labels, got_conf = outputs(tmp_path / "out")
+    assert np.array_equal(got_labels, want_labels)
+    np.testing.assert_allclose(got_conf, want_conf, atol=1e-5)
+    assert summary["zero_norm_rows"] == 3
+    model = LocalLabelPropagation().fit(x, labels)
+    assert np.array_equal(model.transduction_, want_labels)
+    np.testing.assert_allclose(model.label_distributions_.max(axis=1), want_conf, atol=1e-5)
+    np.save(folder / "x.npy", x.astype(np.float64) * 1e250)  # beyond fp32's range, still finite
+    cli(folder, tmp_path / "out64")
+    assert np.array_equal(outputs(tmp_path / "out64")[0], want_labels)
+
+
 def _bad_inputs(folder):
     x, y, truth = (np.load(folder / f) for f in ("x.npy", "y.npy", "t.npy"))
     nan = x.copy()
