@@ -252,7 +252,7 @@ class Fitted:
 
     def vote(self, queries: Tensor) -> Tuple[Tensor, Tensor]:
         """Pseudo-labels int64 [Q] and confidences fp32 [Q] (eq. 5, ``lk.class_vote``)."""
-        return lk.class_vote(*self.neighbours(queries), self.num_classes)
+        return lk.class_vote(*self.neighbours(queries), self.num_classes, backend=self.settings.backend)
 
     def proba(self, queries: Tensor) -> Tensor:
         """Class shares [Q, C] of the same vote."""

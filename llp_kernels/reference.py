@@ -171,16 +171,25 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
 def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """The vote of ``propagate_labels`` (paper eq. 5) over already chosen neighbours.
 
-    scores [Q, K] sorted descending (the best first), neighbour_labels [Q, K] int64 (in
-    [0, num_classes): the vote itself needs no class count). ``w_c = sum_{k: label = c}
-    exp(score_k - score_0)``; returns ``argmax_c w_c`` (lowest class on a tie) int64 [Q]
-    and ``max_c w_c / sum_c w_c`` [Q]; a row whose weights are not finite gets label -1
-    and confidence NaN. Memory O(Q K), whatever the number of classes.
+    scores [Q, K] (any order), neighbour_labels [Q, K] int: each neighbour's class, or -1
+    for a neighbour without a label, which casts no vote (it is left out of every w_c and
+    of their sum). Over the voting neighbours, ``w_c = sum_{k: label = c} exp(score_k -
+    max score)``; returns ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and
+    ``max_c w_c / sum_c w_c`` [Q]. A row with no voting neighbour gets label -1 and
+    confidence 0 (no label reaches it); a row whose voting weights are not finite (a NaN
+    or infinite score) gets label -1 and confidence NaN. ``num_classes`` is not needed
+    (the public ``class_vote`` checks labels against it). Memory O(Q K), whatever the
+    number of classes.
     """
-    weights = torch.exp(scores - scores[:, :1])
-    labels, order = torch.sort(neighbour_labels, dim=1, stable=True)
+    dtype = _compute_dtype(scores)
+    scores, labels = scores.to(dtype), neighbour_labels.long()
+    voting = labels >= 0
+    top = torch.where(voting, scores, float("-inf")).amax(dim=1, keepdim=True)
+    weights = torch.where(voting, torch.exp(scores - top), 0.0)
+    labels, order = torch.sort(labels, dim=1, stable=True)
     weights = torch.gather(weights, 1, order)
-    # Runs of equal labels in each sorted row: sum the weights of each run.
+    # Runs of equal labels in each sorted row: sum the weights of each run. The -1 run
+    # sums to 0, below the best voter's own weight of 1.
     starts = torch.ones_like(labels, dtype=torch.bool)
     starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
     run = torch.cumsum(starts.long(), dim=1) - 1
@@ -191,7 +200,10 @@ def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[i
     label = torch.gather(labels, 1, position[:, None]).squeeze(1)
     confidence = best / weights.sum(dim=1)
     usable = torch.isfinite(confidence)
-    return torch.where(usable, label, -1), torch.where(usable, confidence, float("nan"))
+    label = torch.where(usable, label, -1)
+    confidence = torch.where(usable, confidence, float("nan"))
+    reached = voting.any(dim=1)
+    return torch.where(reached, label, -1), torch.where(reached, confidence, 0.0)
 
 
 def last_occurrence_mask(indices: Tensor) -> Tensor:
