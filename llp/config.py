@@ -109,8 +109,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        """One line and a hint instead of argparse's usage block."""
-        self.exit(2, f"error: {message}\n(see: {self.prog} --help)\n")
+        """One line, with a hint, instead of argparse's usage block."""
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

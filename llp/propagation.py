@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 import llp_kernels as lk
+from llp_kernels import _validate as check
 
 from .distributed import Group, all_min, all_sum, gather_rows, merged_topk_values, row_counts
 
@@ -67,7 +68,8 @@ class Settings:
 
 
 def check_settings(s: Settings, flag: Callable[[str], str] = lambda name: name) -> None:
-    """One ValueError naming the setting (as ``flag(name)`` spells it) for a bad value."""
+    """One ValueError (a TypeError for a value that is not a number) naming the setting
+    (as ``flag(name)`` spells it) for a bad value; ``tau`` by the kernels' own rule."""
     if s.method not in METHODS:
         raise ValueError(f"{flag('method')} must be one of {', '.join(METHODS)}, got {s.method!r}")
     if s.backend != "auto" and s.backend not in lk.BACKENDS:
@@ -76,10 +78,9 @@ def check_settings(s: Settings, flag: Callable[[str], str] = lambda name: name) 
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{flag(name)} must be an integer >= 1, got {value!r}")
-    for name in ("tau", "gamma", "cg_tol"):
-        value = getattr(s, name)
-        if not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{flag(name)} must be a number > 0, got {value!r}")
+    check.temperature(flag("tau"), s.tau)
+    for name in ("gamma", "cg_tol"):
+        check.positive_float(flag(name), getattr(s, name))
     if not isinstance(s.alpha, (int, float, np.number)) or not 0.0 < s.alpha < 1.0:
         raise ValueError(f"{flag('alpha')} must lie in (0, 1), got {s.alpha!r}")
 

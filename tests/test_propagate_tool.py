@@ -242,6 +242,13 @@ def _bad_inputs(folder):
     extra = truth.copy()
     extra[7] = C + 2
     np.save(folder / "extra.npy", extra)
+    for name, value in (("billion.npy", 10 ** 9), ("huge.npy", 2 ** 62)):
+        big = y.copy()
+        big[np.flatnonzero(y >= 0)[3]] = value
+        np.save(folder / name, big)
+    (folder / "a_dir").mkdir()
+    (folder / "words.txt").write_text("3\n17\nabc\n")
+    (folder / "binary.txt").write_bytes(bytes(range(256)))
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -259,6 +266,16 @@ def _bad_inputs(folder):
     (["--k", "0"], "--k must be an integer >= 1"),
     (["--method", "spectral"], "--method: invalid choice"),
     (["--plot"], "--plot needs --eval-labels"),
+    (["--labels", "billion.npy"], "--labels holds class id 1000000000 at row "),
+    (["--labels", "huge.npy"], ": class ids must lie in [0, 1048576) (2**20 classes at most"),
+    (["--eval-labels", "billion.npy"], "--eval-labels holds class id 1000000000"),
+    (["--tau", "1e-9"], "--tau must be >= 1e-06 (smaller temperatures overflow fp32 exponentials), got 1e-09"),
+    (["--tau", "nan"], "--tau must be a finite number > 0, got nan"),
+    (["--gamma", "inf", "--method", "diffusion"], "--gamma must be a finite number > 0, got inf"),
+    (["--embeddings", "a_dir"], "--embeddings {}/a_dir is a directory, not a file"),
+    (["--labeled-list", "a_dir"], "--labeled-list {}/a_dir is a directory, not a file"),
+    (["--labeled-list", "words.txt"], "--labeled-list {}/words.txt must list row positions (integers), found 'abc'"),
+    (["--labeled-list", "binary.txt"], "--labeled-list {}/binary.txt is not a text file of row positions"),
 ])
 def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, capsys, flags, message):
     folder = write(tmp_path)
@@ -276,14 +293,55 @@ def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, capsys, flags,
     if flags == ["--plot"]:
         rest = ["--plot"]
     argv = [a for flag, value in args.items() for a in (flag, str(folder / value))]
-    argv += [f if not f.endswith(".npy") else str(folder / f) for f in rest]
+    argv += [str(folder / f) if (folder / f).exists() else f for f in rest]
     with pytest.raises(SystemExit) as exit_info:
         propagate.main([*argv, "--out", str(out), "--quiet"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message.format(folder) in err, err
-    assert "Traceback" not in err and len(err.splitlines()) <= 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "old"
+
+
+def test_out_as_a_dangling_link_is_one_line(tmp_path, capsys):
+    folder = write(tmp_path)
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(folder, tmp_path / "out")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {tmp_path / 'out'} is a symbolic link to {tmp_path / 'gone'}, which does not exist\n"
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_a_backend_that_cannot_run_here_is_one_line(tmp_path, backend):
+    if torch.cuda.is_available():
+        pytest.skip("both backends run on this machine's GPU")
+    folder = write(tmp_path)
+    env = {k: v for k, v in _env().items() if k != "TRITON_INTERPRET"}  # triton needs it on CPU
+    result = subprocess.run([sys.executable, "-m", "llp.propagate", "--embeddings", str(folder / "x.npy"),
+                             "--labels", str(folder / "y.npy"), "--out", str(tmp_path / "out"), "--backend", backend],
+                            env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --backend {backend}: backend='{backend}' cannot run "
+                                                   f"topk_similarity: "), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
+    folder = write(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that no longer runs
+    stale = [f".pseudo_labels.npy.{dead}.tmp", f".confidence.npy.{dead}.tmp", f".summary.json.{dead}.tmp"]
+    kept = [f".summary.json.{os.getppid()}.tmp",  # a running process's
+            f".notes.txt.{dead}.tmp", f"pseudo_labels.npy.{dead}.tmp", "mine.tmp"]  # not the tool's pattern
+    for name in stale + kept:
+        (out / name).write_bytes(b"x")
+    cli(folder, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(kept + list(OUTPUTS))
 
 
 def test_failed_run_removes_the_directory_it_created(tmp_path):
