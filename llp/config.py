@@ -215,9 +215,11 @@ def check(c: TrainConfig) -> None:
         raise ValueError(f"--labeled-fraction must lie in (0, 1], got {c.labeled_fraction}")
     if not 0.0 < c.test_fraction < 1.0:
         raise ValueError(f"--test-fraction must lie in (0, 1), got {c.test_fraction}")
-    for name in ("k", "t", "epochs", "batch_size", "image_size", "workers", "plateau_patience"):
+    for name in ("k", "t", "epochs", "image_size", "workers", "plateau_patience"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+    if c.batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2 (batch norm cannot train on one row), got {c.batch_size}")
     if c.warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
     for name in ("ramp_up_epochs", "momentum", "weight_decay"):
@@ -273,11 +275,23 @@ def parse(argv: Optional[List[str]] = None) -> Tuple[TrainConfig, Optional[dict]
     if args.resume:
         ckpt = load_checkpoint(Path(args.resume))
         config = resumed_config(ckpt["config"], _given(parser, argv), args.resume)
+        _check_choices(parser, config)
     try:
         check(config)
     except ValueError as exc:
         parser.error(f"--resume {args.resume}: {exc}" if args.resume else str(exc))
     return config, ckpt
+
+
+def _check_choices(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
+    """A resumed run's settings of flags with choices must be among them."""
+    from .checkpoint import CHECKPOINT, RunDirError
+
+    for action in parser._actions:
+        if action.choices is not None and getattr(config, action.dest) not in action.choices:
+            raise RunDirError(f"error: --resume {config.resume}: {CHECKPOINT} is malformed: its config's "
+                              f"{action.dest} is {getattr(config, action.dest)!r}, not one of "
+                              f"{', '.join(map(str, action.choices))}")
 
 
 def _kind(value) -> str:
