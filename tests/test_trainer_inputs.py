@@ -48,6 +48,7 @@ CASES = [
     (["--ramp-up-epochs", "nan"], "--ramp-up-epochs must be a finite number >= 0, got nan"),
     (["--bank-momentum", "nan"], "--bank-momentum must lie in [0, 1], got nan"),
     (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
+    (["--batch-size", "1"], "--batch-size must be >= 2 (batch norm cannot train on one row), got 1"),
     (["--features", "none.npy", "--labels", "no_labels.npy"], "--features must have at least one row and one column"),
     (["--features", "a_dir"], "--features {}/a_dir is a directory, not a file"),
     (["--labeled-list", "a_dir"], "--labeled-list {}/a_dir is a directory, not a file"),
@@ -97,3 +98,15 @@ def test_features_at_any_magnitude_standardise_alike(tmp_path):
         got = load_feature_split(str(tmp_path / "s.npy"), str(tmp_path / "y.npy"), 0.5, 0)
         torch.testing.assert_close(got.train_x, want.train_x, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got.test_x, want.test_x, rtol=1e-4, atol=1e-4)
+
+
+def test_a_last_step_of_one_row_is_dropped(tmp_path):
+    """The MLP's batch norm cannot train on one row: 97 training rows in steps of 32 leave
+    one row over, and the epoch trains on the other 96."""
+    x, y = features(tmp_path)
+    np.save(tmp_path / "x.npy", np.concatenate([x, x[:1]]))  # 121 rows: 24 test, 97 training
+    np.save(tmp_path / "y.npy", np.concatenate([y, y[:1]]))
+    record = train.main(["--quiet", "--features", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                         "--run-dir", str(tmp_path / "run"), "--method", "supervised", "--labeled-fraction", "1",
+                         "--test-fraction", "0.2", "--batch-size", "32", "--epochs", "1"])
+    assert record["epoch"] == 1
