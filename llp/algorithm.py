@@ -94,10 +94,13 @@ class LLPState:
         self._assign(*self.bank.whole_step(idx, label, conf))
 
     def _assign(self, targets: Tensor, labels: Tensor, conf: Tensor) -> None:
-        """New labels for ``targets``; labeled examples keep their true label and conf 1
-        (no boolean indexing: no shape that depends on the data)."""
+        """New labels for ``targets`` (no boolean indexing: no shape that depends on the
+        data). Labeled examples keep their true label and confidence 1. An example whose
+        vote gave no label (-1, from a NaN score) keeps its label but takes the NaN
+        confidence: the loss turns NaN and the trainer stops at the epoch's end, where a
+        class of -1 would have been an index error in the next step."""
         keep = self.labeled[targets]
-        self.labels[targets] = torch.where(keep, self.labels[targets], labels)
+        self.labels[targets] = torch.where(keep | (labels < 0), self.labels[targets], labels)
         self.confidence[targets] = torch.where(keep, self.confidence[targets], conf)
 
     # -- representation learning -------------------------------------------------------

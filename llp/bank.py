@@ -170,7 +170,7 @@ class ShardedBank:
     def propagate(self, queries: Tensor, labeled_ids: Tensor, labeled_labels: Tensor,
                   log_density: Optional[Tensor], k: int, num_classes: int) -> Tuple[Tensor, Tensor]:
         scores, positions = self._merged_topk(queries, labeled_ids, k, key_bias=log_density)
-        return lk.class_vote(scores, labeled_labels[positions], num_classes)
+        return lk.class_vote(scores, labeled_labels[positions], num_classes, backend=self.backend)
 
     def update(self, idx: Tensor, embeddings: Tensor) -> None:
         all_idx, all_emb = self.whole_step(idx, embeddings.detach().float())

@@ -11,7 +11,7 @@ import torch
 
 from .algorithm import LLPConfig, LLPState
 from .bank import LocalBank, ShardedBank
-from .checkpoint import CHECKPOINT, set_rng_state
+from .checkpoint import CHECKPOINT, RunDirError, set_rng_state
 from .config import TrainConfig
 from .data import Split, load_digits_split, load_feature_split
 from .distributed import Group
@@ -118,7 +118,7 @@ def restore(run: Run, ckpt: dict, check=None) -> int:
         if check is not None:
             check.load_state_dict(ckpt["self_check"])
         set_rng_state(ckpt["rng"], run.batches)
-    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise SystemExit(f"error: --resume {run.config.resume}: {CHECKPOINT} does not fit this run "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise RunDirError(f"error: --resume {run.config.resume}: {CHECKPOINT} does not fit this run "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return ckpt["epoch"] + 1

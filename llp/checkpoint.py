@@ -9,12 +9,18 @@ generator's states), made of tensors and plain Python values only, so that it lo
 Every write goes to a temporary name and is renamed into place, so a kill or a full disk
 leaves the last good file; a failure is one line naming the file and the cause
 (``RunDirError``) and removes the temporary file.
+
+A checkpoint is verified before it is used: ``torch.save`` writes a zip archive with a
+CRC-32 of every record, and every record must match its CRC (a flipped byte, a cut-off
+file); then the fields the trainer reads must have their types. Each failure is one line.
 """
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Dict
 
@@ -27,7 +33,8 @@ FORMAT = 2
 
 
 class RunDirError(SystemExit):
-    """A read or write in the run directory failed; the message is one line."""
+    """A read or write in the run directory failed, or a checkpoint cannot be used; the
+    message is one line (the trainer prints it and exits with status 2)."""
 
 
 def _cause(exc: BaseException, path: Path) -> str:
@@ -68,12 +75,45 @@ def write_bytes(path: Path, data: bytes) -> None:
     _write_atomically(path, lambda f: f.write(data))
 
 
+def damage(path: Path) -> str:
+    """Why the archive at ``path`` is damaged ('' when every record matches its CRC-32)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        return "it is not a zip archive (a damaged checkpoint, or another file)"
+    except Exception as exc:  # a damaged header can raise almost anything
+        return f"its archive is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return f"it is damaged: record {bad} does not match its CRC-32" if bad else ""
+
+
+# The fields the trainer reads, and what each must be.
+FIELDS = {"config": dict, "model": dict, "optimizer": dict, "schedule": dict, "llp": dict, "rng": dict}
+
+
+def malformed(ckpt: dict) -> str:
+    """What is wrong with the fields of a loaded checkpoint ('' when nothing)."""
+    for name, kind in FIELDS.items():
+        if name not in ckpt:
+            return f"it has no {name!r}"
+        if not isinstance(ckpt[name], kind):
+            return f"its {name!r} is of type {type(ckpt[name]).__name__} ({kind.__name__} expected)"
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        return f"its 'epoch' is {epoch!r}, not a whole number >= 0"
+    return ""
+
+
 def load_checkpoint(run_dir: Path) -> dict:
-    """The checkpoint in ``run_dir``; one line and exit when absent or unusable. Loads
-    with ``weights_only=True``: anything but tensors and plain values is refused."""
+    """The checkpoint in ``run_dir``; one line and exit when absent, damaged or unusable.
+    Every record's CRC-32 is checked first; then it loads with ``weights_only=True``:
+    anything but tensors and plain values is refused."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise RunDirError(f"error: --resume {run_dir}: no {CHECKPOINT} there")
+    why = damage(path)
+    if why:
+        raise RunDirError(f"error: --resume {run_dir}: {CHECKPOINT} is unreadable: {why}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure, including a refused global
@@ -83,6 +123,9 @@ def load_checkpoint(run_dir: Path) -> dict:
         raise RunDirError(f"error: --resume {run_dir}: {CHECKPOINT} is unreadable ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "config" not in ckpt:
         raise RunDirError(f"error: --resume {run_dir}: {CHECKPOINT} is not an llp checkpoint of format {FORMAT}")
+    why = malformed(ckpt)
+    if why:
+        raise RunDirError(f"error: --resume {run_dir}: {CHECKPOINT} is malformed: {why}")
     return ckpt
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import llp_kernels as lk
+from llp_kernels import _validate as rules
 
+from .inputs import existing_file, output_dir
 from .schedule import LRSchedule, parse_boundaries
 
 BANK_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -113,8 +116,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        """One line and a hint instead of argparse's usage block."""
-        self.exit(2, f"error: {message}\n(see: {self.prog} --help)\n")
+        """One line, with a hint, instead of argparse's usage block."""
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,17 +226,22 @@ def check(c: TrainConfig) -> None:
         raise ValueError(f"--labeled-fraction must lie in (0, 1], got {c.labeled_fraction}")
     if not 0.0 < c.test_fraction < 1.0:
         raise ValueError(f"--test-fraction must lie in (0, 1), got {c.test_fraction}")
-    for name in ("k", "t", "epochs", "batch_size", "image_size", "workers", "plateau_patience"):
+    for name in ("k", "t", "epochs", "image_size", "workers", "plateau_patience"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    for name in ("warmup_epochs", "ramp_up_epochs", "feature_noise"):
-        if getattr(c, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
-    for name in ("tau", "lr", "rate_jump_lr"):
-        if getattr(c, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(c, name)}")
-    if not 0.0 <= c.bank_momentum <= 1.0:
-        raise ValueError(f"--bank-momentum must lie in [0, 1], got {c.bank_momentum}")
+    if c.batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2 (batch norm cannot train on one row), got {c.batch_size}")
+    if c.warmup_epochs < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
+    for name in ("ramp_up_epochs", "momentum", "weight_decay", "feature_noise"):
+        if not (math.isfinite(getattr(c, name)) and getattr(c, name) >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(c, name)}")
+    if not 0 <= c.seed < 2 ** 32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {c.seed}")
+    rules.temperature("--tau", c.tau)
+    for name in ("lr", "rate_jump_lr"):
+        rules.positive_float(f"--{name.replace('_', '-')}", getattr(c, name))
+    rules.unit_interval("--bank-momentum", c.bank_momentum)
     LRSchedule(c.lr, parse_boundaries(c.lr_drops, "--lr-drops", 3), parse_boundaries(c.rate_jump, "--rate-jump", 3))
     _check_paths(c)
 
@@ -246,8 +254,11 @@ def _check_paths(c: TrainConfig) -> None:
     if c.data and not Path(c.data).is_dir():
         raise ValueError(f"--data {c.data} is not a directory")
     for flag, path in (("--labeled-list", c.labeled_list), ("--features", c.features), ("--labels", c.labels)):
-        if path and not Path(path).is_file():
-            raise ValueError(f"{flag} {path} does not exist")
+        if path:
+            existing_file(path, flag)
+    for flag, path in (("--run-dir", c.run_dir), ("--export-embeddings", c.export_embeddings)):
+        if path:
+            output_dir(path, flag)
 
 
 def _given(parser: argparse.ArgumentParser, argv: List[str]) -> dict:
@@ -275,18 +286,54 @@ def parse(argv: Optional[List[str]] = None) -> Tuple[TrainConfig, Optional[dict]
     if args.resume:
         ckpt = load_checkpoint(Path(args.resume))
         config = resumed_config(ckpt["config"], _given(parser, argv), args.resume)
+        _check_choices(parser, config)
     try:
         check(config)
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.error(f"--resume {args.resume}: {exc}" if args.resume else str(exc))
     return config, ckpt
+
+
+def _check_choices(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
+    """A resumed run's settings of flags with choices must be among them."""
+    from .checkpoint import CHECKPOINT, RunDirError
+
+    for action in parser._actions:
+        if action.choices is not None and getattr(config, action.dest) not in action.choices:
+            raise RunDirError(f"error: --resume {config.resume}: {CHECKPOINT} is malformed: its config's "
+                              f"{action.dest} is {getattr(config, action.dest)!r}, not one of "
+                              f"{', '.join(map(str, action.choices))}")
+
+
+def _kind(value) -> str:
+    """What a saved setting must be, read off the default of its field."""
+    if value is None or isinstance(value, str):
+        return "str"
+    return type(value).__name__
+
+
+def _fits(value, kind: str) -> bool:
+    if kind == "str":
+        return value is None or isinstance(value, str)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, bool)
 
 
 def resumed_config(saved: dict, given: dict, resume: str) -> TrainConfig:
     """The saved settings (fields added since take today's defaults), with the
     ``RESUMABLE`` flags given now; any other flag given with a new value is an error."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    merged = {**DEFAULTS.to_dict(), **LEGACY, **{k: v for k, v in saved.items() if k in known}}
+    from .checkpoint import CHECKPOINT, RunDirError
+
+    defaults = DEFAULTS.to_dict()
+    saved = {k: v for k, v in saved.items() if k in defaults}
+    for name, value in saved.items():
+        if not _fits(value, _kind(defaults[name])):
+            raise RunDirError(f"error: --resume {resume}: {CHECKPOINT} is malformed: its config's {name} is "
+                              f"{value!r}, of type {type(value).__name__} ({_kind(defaults[name])} expected)")
+    merged = {**defaults, **LEGACY, **saved}
     for name, value in given.items():
         if name in ("resume", "run_dir") or value == merged.get(name):
             continue

@@ -12,12 +12,13 @@ plain (for the memory bank's first fill and for evaluation) when it is None.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .inputs import class_ids_below_bound, existing_file, read_positions
 
 TEST_SPLIT_SEED = 12345  # the held-out test set never moves with --seed
 
@@ -78,9 +79,7 @@ def choose_labeled(train_y: np.ndarray, fraction: float, seed: int,
     when given, else a stratified ``fraction`` drawn with ``seed``."""
     if not labeled_list:
         return stratified_pick(train_y, fraction, np.random.default_rng(seed))
-    positions = np.loadtxt(labeled_list, dtype=np.int64, ndmin=1)
-    if positions.size == 0 or positions.min() < 0 or positions.max() >= len(train_y):
-        raise ValueError(f"--labeled-list {labeled_list}: positions must lie in [0, {len(train_y)})")
+    positions = read_positions(labeled_list, "--labeled-list", len(train_y))
     labeled = np.zeros(len(train_y), dtype=bool)
     labeled[positions] = True
     return labeled
@@ -104,29 +103,39 @@ def load_digits_split(labeled_fraction: float, seed: int, test_fraction: float =
 def load_feature_split(features: str, labels: str, labeled_fraction: float, seed: int,
                        test_fraction: float = 0.2, labeled_list: Optional[str] = None,
                        noise: float = 0.0) -> Split:
-    """Precomputed features X [N, F] (any float dtype) and integer labels y [N] in [0, C).
-    A stratified ``test_fraction`` is held out; features are standardised with the
-    training rows' mean and standard deviation. Training batches get Gaussian noise of
+    """Precomputed features X [N, F] (any real dtype) and integer labels y [N] in [0, C),
+    C <= ``inputs.MAX_CLASSES``. A stratified ``test_fraction`` is held out; features are
+    standardised with the training rows' mean and standard deviation (after
+    ``_unit_columns``, so at any magnitude). Training batches get Gaussian noise of
     standard deviation ``noise`` (in standardised units; 0: no augmentation)."""
+    arrays = []
     for flag, path in (("--features", features), ("--labels", labels)):
-        if not Path(path).is_file():
-            raise ValueError(f"{flag} {path} does not exist")
-    try:
-        x, y = np.load(features, allow_pickle=False), np.load(labels, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"--features/--labels must be .npy arrays without objects ({exc})") from None
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"--features must be a numeric [N, F] array, got shape {x.shape} of {x.dtype}")
+        existing_file(path, flag)
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{flag} {path} cannot be read as a .npy array without objects "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    x, y = arrays
+    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"--features must be a real (integer or float) [N, F] array, got shape {x.shape} "
+                         f"of {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"--features must have at least one row and one column, got shape {x.shape}")
     if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"--labels must be an integer [N] array with N={x.shape[0]}, "
                          f"got shape {y.shape} of {y.dtype}")
     if y.min() < 0:
         raise ValueError("--labels must be class ids >= 0 (every row needs its true class; "
                          "which rows the trainer sees labeled comes from --labeled-fraction/--labeled-list)")
+    class_ids_below_bound(int(y.max()), "--labels", f"row {int(np.argmax(y))}")
     if not np.isfinite(x).all():
         raise ValueError("--features contains NaN or infinite values")
-    x, y = x.astype(np.float32), y.astype(np.int64)
+    x, y = _unit_columns(x), y.astype(np.int64)
     test = stratified_pick(y, test_fraction, np.random.default_rng(TEST_SPLIT_SEED))
+    if test.all():
+        raise ValueError(f"--features has {len(y)} rows, and the test split (at least one row of each "
+                         f"class, --test-fraction {test_fraction}) takes them all: no training row is left")
     mean, std = x[~test].mean(axis=0), x[~test].std(axis=0) + 1e-6
     x = (x - mean) / std
     labeled = choose_labeled(y[~test], labeled_fraction, seed, labeled_list)
@@ -134,6 +143,16 @@ def load_feature_split(features: str, labels: str, labeled_fraction: float, seed
     return Split("features", TensorSource(torch.from_numpy(x[~test]), augment), torch.from_numpy(y[~test]),
                  torch.from_numpy(labeled), TensorSource(torch.from_numpy(x[test])),
                  torch.from_numpy(y[test]), int(y.max()) + 1, (x.shape[1],))
+
+
+def _unit_columns(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` with each column divided by its largest magnitude (a zero column
+    kept). Standardising does not depend on a column's scale, but in float32 it squares
+    the values, which overflows above about 1.8e19; float64 values beyond float32's
+    range fit after this too."""
+    x = x.astype(np.float64) if np.issubdtype(x.dtype, np.integer) else x
+    largest = np.abs(x).max(axis=0)
+    return (x / np.where(largest > 0, largest, 1)).astype(np.float32)
 
 
 def augment_digits(images: Tensor, generator: torch.Generator) -> Tensor:

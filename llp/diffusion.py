@@ -40,13 +40,24 @@ from .propagation import Comm, Problem, Settings, chunks, no_progress
 
 
 def read_all(problem: Problem, s: Settings, check: bool = True) -> Tensor:
-    """Every row [N, D] fp32 (unit length unless ``metric`` is euclidean), read (and
-    checked) in chunks."""
+    """Every row [N, D] fp32, read (and checked) in chunks: unit rows, or for the
+    euclidean metric the rows as stored times ``euclidean_scale`` of them (one factor for
+    all rows: the same neighbours, and no square overflows whatever their magnitude)."""
     rows = problem.rows
-    keys = torch.empty(rows.n, rows.dim, device=rows.device)
-    for lo, hi in chunks(range(rows.n), s.chunk_rows):
-        keys[lo:hi] = rows.read(lo, hi, check=check, raw=s.metric == "euclidean")
-    return keys
+    if s.metric != "euclidean":
+        keys = torch.empty(rows.n, rows.dim, device=rows.device)
+        for lo, hi in chunks(range(rows.n), s.chunk_rows):
+            keys[lo:hi] = rows.read(lo, hi, check=check)
+        return keys
+    raw = torch.cat([rows.read(lo, hi, check=check, raw=True) for lo, hi in chunks(range(rows.n), s.chunk_rows)])
+    rows.scale = euclidean_scale(raw)
+    return (raw * rows.scale).float()
+
+
+def euclidean_scale(raw: Tensor) -> float:
+    """1 / the largest magnitude among the rows (1 when every row is zero)."""
+    largest = float(raw.abs().max()) if raw.numel() else 0.0
+    return 1.0 / largest if largest > 0 else 1.0
 
 
 def nearest(queries: Tensor, keys: Tensor, k: int, s: Settings) -> Tuple[Tensor, Tensor]:

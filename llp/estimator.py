@@ -153,6 +153,7 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
 
     def _fit_diffusion(self, problem: Problem, s: Settings, classes: np.ndarray) -> None:
         keys, f = diffusion.fit(problem, s, Comm(None, problem.rows.device))
+        self._scale = problem.rows.scale
         shares, _, _, _ = diffusion.shares(f)
         labeled = problem.labeled_ids
         shares[labeled] = np.eye(problem.num_classes, dtype=np.float32)[classes[labeled]]
@@ -171,6 +172,8 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
             for lo in range(0, rows.n, s.chunk_rows):
                 hi = min(rows.n, lo + s.chunk_rows)
                 queries = rows.read(lo, hi, check=True, raw=s.metric == "euclidean")
+                if s.metric == "euclidean":
+                    queries = (queries * self._scale).float()
                 if s.method == "diffusion":
                     fitted = torch.from_numpy(self.label_distributions_).to(self._keys.device)
                     p = diffusion.extend(queries, self._keys, fitted, s)

@@ -127,8 +127,9 @@ def train_epoch(run: Run, epoch: int, phase: str, pool: Tensor) -> Dict[str, flo
     order = pool.cpu()[torch.randperm(len(pool), generator=run.batches)]
     world, rank = (1, 0) if run.group is None else (run.group.world, run.group.rank)
     # Each step takes world * batch_size rows of the shared order; rank r trains on its part.
-    # A final step with fewer rows than processes is dropped (on every rank alike).
-    starts = [s for s in range(0, len(order), world * c.batch_size) if len(order) - s >= world]
+    # A final step with fewer than two rows per process is dropped (on every rank alike):
+    # batch norm cannot train on a single row.
+    starts = [s for s in range(0, len(order), world * c.batch_size) if len(order) - s >= 2 * world]
     bar = _progress_bar(run, epoch, phase, len(starts))
     augment = augment_generator(run, epoch)
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)

@@ -6,6 +6,8 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
+from llp_kernels import normalize_rows
+
 
 class TwoHeadNet(nn.Module):
     """A trunk, a classification head and an embedding head (paper fig. 1).
@@ -21,7 +23,7 @@ class TwoHeadNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.trunk(x)
-        return nn.functional.normalize(self.embedding(h), dim=1), self.classifier(h)
+        return normalize_rows(self.embedding(h)), self.classifier(h)
 
 
 def small_convnet(num_classes: int, embed_dim: int = 128, width: int = 32) -> TwoHeadNet:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -31,16 +32,13 @@ import llp_kernels as lk
 
 from . import diffusion, distributed, method_choice
 from .config import _Help, _Parser
+from .inputs import InputError, class_ids_below_bound, existing_file, output_dir, read_positions, usable_backend
 from .propagation import (METHODS, METRICS, Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit,
                           no_progress, stream_votes)
 from .propagation_eval import decile_table, density_count_r, evaluate, plot_png
 
 PROG = "python -m llp.propagate"
 SCAN_ROWS = 1 << 20
-
-
-class InputError(ValueError):
-    """Input that cannot be used; the message is one line."""
 
 
 def __getattr__(name):
@@ -140,9 +138,7 @@ class Inputs:
 
 
 def load_npy(path: str, flag: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{flag} {path} does not exist")
+    p = existing_file(path, flag)
     if p.stat().st_size == 0:
         raise InputError(f"{flag} {path} is empty")
     with open(p, "rb") as f:
@@ -183,21 +179,14 @@ def _int_vector(path: str, flag: str, n: int) -> np.ndarray:
             row = lo + int(np.argmax(part < -1))
             raise InputError(f"{flag} holds {int(part[row - lo])} at row {row}: classes are ids >= 0, "
                              f"or -1 for no label")
+        row = lo + int(np.argmax(part))
+        class_ids_below_bound(int(part[row - lo]), flag, f"row {row}")
     return y
 
 
 def _labeled_list(path: str, labels: np.ndarray) -> np.ndarray:
-    if not Path(path).is_file():
-        raise InputError(f"--labeled-list {path} does not exist")
-    try:
-        positions = np.unique(np.loadtxt(path, dtype=np.int64, ndmin=1))
-    except ValueError as exc:
-        raise InputError(f"--labeled-list {path}: not a list of row positions ({str(exc).splitlines()[0]})") from None
     n = len(labels)
-    if positions.size == 0:
-        raise InputError(f"--labeled-list {path} lists no row: there is no labeled row")
-    if positions.min() < 0 or positions.max() >= n:
-        raise InputError(f"--labeled-list {path}: positions must lie in [0, {n})")
+    positions = read_positions(path, "--labeled-list", n)
     given = np.asarray(labels[positions], dtype=np.int64)
     if (given < 0).any():
         row = int(positions[np.argmax(given < 0)])
@@ -235,10 +224,15 @@ def load_inputs(args) -> Inputs:
             raise InputError(f"class {int(missing[0])} occurs in --eval-labels but no labeled row has it, so no row "
                              f"can be pseudo-labeled {int(missing[0])} ({missing.size} such classes): label at least "
                              f"one row of each class")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {args.out} exists and is not a directory")
+    output_dir(args.out, "--out")
     return Inputs(x, args.dtype == "bfloat16", labels, labeled_ids, int(classes.max()) + 1, truth)
+
+
+def top_k_used(args, n: int, labeled: int) -> int:
+    """The longest top-k list the method asks ``lk.topk_similarity`` for."""
+    if args.method == "diffusion":
+        return min(args.graph_k, n - 1) + 1
+    return max(args.k, min(args.t, n - labeled)) if args.method == "llp" else args.k
 
 
 def choose_device(name: str) -> torch.device:
@@ -250,14 +244,43 @@ def choose_device(name: str) -> torch.device:
 
 # ---- outputs ------------------------------------------------------------------------------
 
+OUTPUT_FILES = ("pseudo_labels.npy", "confidence.npy", "summary.json", "confidence_accuracy.png")
+TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, OUTPUT_FILES)) + r")\.([0-9]+)\.tmp")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> List[Path]:
+    """Remove what a killed run of this tool left in ``out``: files named like its own
+    temporaries, ``.<output file>.<pid>.tmp``, whose process no longer runs (a running
+    process's files, and every other file, are left alone). Returns the removed paths."""
+    removed = []
+    for path in out.iterdir():
+        match = TEMPORARY.fullmatch(path.name)
+        if match and path.is_file() and not path.is_symlink() and not _running(int(match.group(2))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 class Outputs:
     """The output files, written under temporary names in DIR and renamed into place by
-    ``commit``; ``abort`` removes them (and DIR, if this run created it and it is empty)."""
+    ``commit``; ``abort`` removes them (and DIR, if this run created it and it is empty).
+    Temporaries that a killed run left in DIR are removed first."""
 
     def __init__(self, out: Path, n: int):
         self.out = out
         self.created = [d for d in (out, *out.parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
         self.temporary = {}
         self.labels = self.confidence = None
         try:
@@ -270,7 +293,7 @@ class Outputs:
             raise
 
     def _path(self, name: str) -> Path:
-        path = self.out / f".{name}.{os.getpid()}.tmp"
+        path = self.out / f".{name}.{os.getpid()}.tmp"  # the names TEMPORARY matches
         self.temporary[name] = path
         return path
 
@@ -468,6 +491,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         device = choose_device(args.device)
         inputs = load_inputs(args)
+        n, dim = inputs.embeddings.shape
+        usable_backend(args.backend, device, ("topk_similarity",), dim, top_k_used(args, n, len(inputs.labeled_ids)))
         if rank == 0:
             outputs = Outputs(Path(args.out), inputs.embeddings.shape[0])
     except InputError as exc:

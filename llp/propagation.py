@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 import llp_kernels as lk
+from llp_kernels import _validate as check
 
 from .distributed import Group, all_min, all_sum, gather_rows, merged_topk_values, row_counts
 
@@ -69,7 +70,8 @@ class Settings:
 
 
 def check_settings(s: Settings, flag: Callable[[str], str] = lambda name: name) -> None:
-    """One ValueError naming the setting (as ``flag(name)`` spells it) for a bad value."""
+    """One ValueError (a TypeError for a value that is not a number) naming the setting
+    (as ``flag(name)`` spells it) for a bad value; ``tau`` by the kernels' own rule."""
     if s.method not in METHODS:
         raise ValueError(f"{flag('method')} must be one of {', '.join(METHODS)}, got {s.method!r}")
     if s.metric not in METRICS:
@@ -82,10 +84,9 @@ def check_settings(s: Settings, flag: Callable[[str], str] = lambda name: name) 
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{flag(name)} must be an integer >= 1, got {value!r}")
-    for name in ("tau", "gamma", "cg_tol"):
-        value = getattr(s, name)
-        if not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{flag(name)} must be a number > 0, got {value!r}")
+    check.temperature(flag("tau"), s.tau)
+    for name in ("gamma", "cg_tol"):
+        check.positive_float(flag(name), getattr(s, name))
     if not isinstance(s.alpha, (int, float, np.number)) or not 0.0 < s.alpha < 1.0:
         raise ValueError(f"{flag('alpha')} must lie in (0, 1), got {s.alpha!r}")
 
@@ -101,21 +102,26 @@ class NonFiniteRow(ValueError):
 class Rows:
     """An [N, D] array (``np.ndarray`` or ``np.memmap``; float16/32/64, or bfloat16 bit
     patterns stored as uint16/int16 when ``bfloat16``) read in row ranges; each read
-    returns fp32 rows L2-normalised on ``device`` (an all-zero row stays zero).
+    returns fp32 rows L2-normalised on ``device`` by ``lk.normalize_rows`` in the file's
+    precision (fp32 for 16-bit files), so every finite row is unit length whatever its
+    magnitude (a float64 row of 1e300 too); an all-zero row stays zero.
 
     ``read(lo, hi, check=True)`` raises ``NonFiniteRow`` for the first row holding NaN
-    or inf and counts all-zero rows in ``zero_rows``; only one pass should check."""
+    or inf and counts the rows whose every value is exactly 0 in ``zero_rows``; only one
+    pass should check."""
 
     def __init__(self, array, device="cpu", bfloat16: bool = False):
         self.array, self.device, self.bfloat16 = array, torch.device(device), bfloat16
         self.n, self.dim = (int(v) for v in array.shape)
         self.zero_rows = 0
+        self.scale = 1.0  # the euclidean diffusion's factor on raw rows (llp.diffusion.read_all)
 
     def __len__(self) -> int:
         return self.n
 
     def read(self, lo: int, hi: int, check: bool = False, raw: bool = False) -> Tensor:
-        """Rows [lo, hi) fp32, L2-normalised (``raw``: as stored, for Euclidean distances)."""
+        """Rows [lo, hi) fp32, L2-normalised (``raw``: as stored, in fp32 or float64, for
+        Euclidean distances)."""
         return self._normalised(np.array(self.array[lo:hi], copy=True), lo if check else None, raw)
 
     def take(self, ids: np.ndarray) -> Tensor:
@@ -126,13 +132,15 @@ class Rows:
         x = torch.from_numpy(np.ascontiguousarray(block))
         if self.bfloat16:
             x = x.view(torch.bfloat16)
-        x = x.to(self.device).float()
+        x = x.to(self.device)
+        if x.dtype != torch.float64:
+            x = x.float()
         if first is not None:
             finite = torch.isfinite(x).all(dim=1)
             if not bool(finite.all()):
                 raise NonFiniteRow(first + int(torch.nonzero(~finite)[0, 0]))
             self.zero_rows += int((x == 0).all(dim=1).sum())
-        return x if raw else torch.nn.functional.normalize(x, dim=1)
+        return x if raw else lk.normalize_rows(x).float()
 
 
 @dataclass
@@ -263,7 +271,7 @@ class Fitted:
 
     def vote(self, queries: Tensor) -> Tuple[Tensor, Tensor]:
         """Pseudo-labels int64 [Q] and confidences fp32 [Q] (eq. 5, ``lk.class_vote``)."""
-        return lk.class_vote(*self.neighbours(queries), self.num_classes)
+        return lk.class_vote(*self.neighbours(queries), self.num_classes, backend=self.settings.backend)
 
     def proba(self, queries: Tensor) -> Tensor:
         """Class shares [Q, C] of the same vote."""

@@ -12,6 +12,7 @@ The parts: ``config`` (settings), ``build`` (data, model, bank, state), ``loop``
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -29,19 +30,20 @@ import torch  # noqa: E402
 
 from . import distributed
 from .build import Run, build_run, restore
-from .checkpoint import CHECKPOINT, FORMAT, METRICS, append_metrics, read_metrics, rng_state, \
+from .checkpoint import CHECKPOINT, FORMAT, METRICS, RunDirError, append_metrics, read_metrics, rng_state, \
     save_checkpoint, trim_metrics, write_bytes, write_text
 from .config import TrainConfig, build_parser, parse
 from .data import DataError
 from .evaluate import epoch_record, print_epoch, print_summary
+from .inputs import usable_backend
 from .loop import run_epochs
 from .metrics import run_model
 from .selfcheck import build_self_check
 
 
 def _fail(message: str) -> None:
-    """A bad setting or input: one line and a hint, exit status 2 (as for a bad flag)."""
-    print(f"error: {message}\n(see: python -m llp.train --help)", file=sys.stderr)
+    """A bad setting or input: one line, exit status 2 (as for a bad flag)."""
+    print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -53,6 +55,16 @@ def choose_device(c: TrainConfig) -> torch.device:
 
 
 def main(argv=None) -> dict:
+    """Trains and returns the last epoch's record; bad input, a damaged checkpoint or a
+    run directory that cannot be written is one line and exit status 2."""
+    try:
+        return _main(argv)
+    except RunDirError as exc:
+        print(exc.code, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv=None) -> dict:
     config, ckpt = parse(argv)
     device = choose_device(config)
     group = distributed.from_environment()  # torchrun: one process per GPU, bank sharded
@@ -74,6 +86,12 @@ def train(config: TrainConfig, ckpt: Optional[dict], device: torch.device, group
     epoch's metrics record."""
     try:
         run = build_run(config, device, group)
+        state = run.state
+        others = state.bank.rows if config.density_over == "all" else state.unlabeled_idx.numel()
+        longest = max(min(config.k, state.labeled_idx.numel()), min(config.t, others))
+        usable_backend(config.backend, device, ("aggregation_lse", "aggregation_grad", "topk_similarity",
+                                                "update_memory_bank_"), state.bank.dim, longest,
+                       state.bank.data.dtype)
     except ValueError as exc:
         _fail(str(exc))
     check = build_self_check(run, build_run)
@@ -82,12 +100,18 @@ def train(config: TrainConfig, ckpt: Optional[dict], device: torch.device, group
     if start >= config.warmup + config.epochs:
         return finished(run, start)
     if run.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"error: cannot write {out}: {exc.strerror or exc}") from None
         write_text(out / "config.json", _json(config.to_dict()))
         trim_metrics(out / METRICS, start)
     started = time.time()
 
     def after_epoch(epoch: int, phase: str, lr: float, sums: dict, rows: int, self_check: dict) -> dict:
+        if not math.isfinite(sums["loss"]):  # the same sums on every rank
+            _fail(f"training diverged in epoch {epoch + 1}: its loss is {sums['loss']} (lower --lr); "
+                  f"{out} keeps the checkpoint of the epoch before")
         bank = run.state.bank.gather()  # a collective when sharded: every rank calls it
         record = {**epoch_record(run, epoch, phase, lr, sums, rows, bank, time.time() - started), **self_check}
         record["seconds"] = time.time() - started
@@ -101,7 +125,7 @@ def train(config: TrainConfig, ckpt: Optional[dict], device: torch.device, group
     try:
         record = run_epochs(run, start, after_epoch, check)
     except DataError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        _fail(str(exc))
     if run.is_main:
         print_summary(run, record)
     if config.export_embeddings:
@@ -117,7 +141,10 @@ def export_embeddings(run: Run, out: Path) -> None:
     labels = torch.where(run.state.labeled, run.train_y, -1)
     if not run.is_main:
         return
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"error: cannot write {out}: {exc.strerror or exc}") from None
     for name, array in (("embeddings", embeddings.cpu().numpy().astype(np.float32)),
                         ("labels", labels.cpu().numpy().astype(np.int64)),
                         ("true_labels", run.train_y.cpu().numpy().astype(np.int64))):

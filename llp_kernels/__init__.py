@@ -5,11 +5,13 @@
     log_density = local_density(labeled, unlabeled, t=25, tau=0.07)               # [M]
     labels, conf = propagate_labels(queries, labeled, labeled_labels, log_density, k=10)
     update_memory_bank_(bank, indices, embeddings, momentum=0.5)                   # in place
+    unit = normalize_rows(x)        # x / ||x|| per row, right for every finite row
 
 Every function takes ``backend="auto"|"reference"|"cpu"|"triton"|"cuda"``; the environment
 variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what runs here.
 """
 from . import reference
+from ._normalize import normalize_rows
 from ._dispatch import BACKENDS, OPS, available_backends, unusable_reason, usable_backends
 from .ops import (
     aggregation_grad,
@@ -33,6 +35,7 @@ __all__ = [
     "available_backends",
     "class_vote",
     "local_density",
+    "normalize_rows",
     "propagate_labels",
     "reference",
     "topk_similarity",

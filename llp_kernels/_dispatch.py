@@ -11,7 +11,7 @@ loss: forward and backward) is checked for all of them before anything launches.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -24,7 +24,7 @@ RECORDS: Dict[str, Backend] = {b.name: b for b in (reference.BACKEND, cpu.BACKEN
                                                    cuda.BACKEND)}
 BACKENDS = tuple(RECORDS)
 
-__all__ = ["BACKENDS", "OPS", "RECORDS", "Call", "available_backends", "record", "resolve",
+__all__ = ["BACKENDS", "OPS", "RECORDS", "Call", "available_backends", "record", "resolve", "resolve_device",
            "unusable_reason", "usable_backends"]
 
 
@@ -55,8 +55,8 @@ def _auto(ops: Sequence[str], call: Call) -> str:
     return "reference"
 
 
-def resolve(ops: Sequence[str], backend: str, call: Call) -> str:
-    """The backend name that will run every op of ``ops`` for ``call``."""
+def _requested(backend: str) -> Tuple[str, str]:
+    """(the backend asked for, where the name came from: 'backend' or 'LLP_BACKEND')."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     requested, source = backend, "backend"
@@ -64,6 +64,25 @@ def resolve(ops: Sequence[str], backend: str, call: Call) -> str:
         requested, source = os.environ["LLP_BACKEND"].strip(), "LLP_BACKEND"
     if requested != "auto" and requested not in RECORDS:
         raise ValueError(f"{source} must be one of {('auto',) + BACKENDS}, got {requested!r}")
+    return requested, source
+
+
+def resolve_device(backend: str, device: torch.device) -> str:
+    """For a function that runs the same PyTorch code on every backend (``class_vote``):
+    ``backend`` checked as ``resolve`` checks it, against the device alone (a named
+    backend that cannot run on ``device`` here is refused with the reason)."""
+    requested, source = _requested(backend)
+    if requested == "auto":
+        return _auto((), Call(device))
+    why = RECORDS[requested].why_unusable_on(device)
+    if why:
+        raise ValueError(f"{source}={requested!r} cannot run on {device}: {why}")
+    return requested
+
+
+def resolve(ops: Sequence[str], backend: str, call: Call) -> str:
+    """The backend name that will run every op of ``ops`` for ``call``."""
+    requested, source = _requested(backend)
     if requested == "auto":
         return _auto(ops, call)
     for op in ops:

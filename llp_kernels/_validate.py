@@ -75,6 +75,23 @@ def bias(name: str, t, length: int, length_from: str) -> torch.Tensor:
     return _one_per_row(name, t, length, length_from)
 
 
+def vote_inputs(scores, neighbour_labels) -> None:
+    """``scores`` a 2-D float tensor [Q, K] with K >= 1, ``neighbour_labels`` an integer
+    tensor of the same shape."""
+    _is_tensor("scores", scores)
+    _is_tensor("neighbour_labels", neighbour_labels)
+    if not scores.dtype.is_floating_point:
+        raise TypeError(f"scores must be a float tensor, got {scores.dtype}")
+    if scores.dim() != 2 or scores.shape[1] == 0:
+        raise ValueError(f"scores must be 2-D [queries, K] with K >= 1, got shape {tuple(scores.shape)}")
+    if neighbour_labels.dtype not in INDEX_DTYPES:
+        raise TypeError(f"neighbour_labels must be an integer tensor (int64 or int32), got "
+                        f"{neighbour_labels.dtype}")
+    if neighbour_labels.shape != scores.shape:
+        raise ValueError(f"neighbour_labels must have the shape of scores {tuple(scores.shape)} (one "
+                         f"label per score), got {tuple(neighbour_labels.shape)}")
+
+
 def same_device(**tensors: Optional[torch.Tensor]) -> torch.device:
     present = {n: t for n, t in tensors.items() if t is not None}
     devices = {t.device for t in present.values()}

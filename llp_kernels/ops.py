@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
-from ._dispatch import Call, record, resolve
+from . import reference
+from ._dispatch import Call, record, resolve, resolve_device
 from ._lse import backward_inputs
-from .reference import class_vote, last_occurrence_mask
+from .reference import last_occurrence_mask
 
 __all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "class_vote", "local_density",
            "propagate_labels", "topk_similarity", "update_memory_bank_"]
@@ -38,6 +39,7 @@ def _kernel(backend: str, op: str):
 def _aggregation_lse_op(queries: Tensor, bank: Tensor, bank_labels: Tensor,
                         query_labels: Tensor, tau: float, backend: str) -> Tuple[Tensor, Tensor]:
     check.labels_in_range("query_labels", query_labels, 0, None)
+    check.labels_in_range("bank_labels", bank_labels, -1, None)
     lse_all, lse_same = _kernel(backend, "aggregation_lse")(queries, bank, bank_labels,
                                                             query_labels, tau)
     return lse_all.float(), lse_same.float()
@@ -54,6 +56,7 @@ def _aggregation_grad_op(queries: Tensor, bank: Tensor, bank_labels: Tensor, que
                          lse_all: Tensor, lse_same: Tensor, grad_output: Tensor, tau: float,
                          backend: str) -> Tensor:
     check.labels_in_range("query_labels", query_labels, 0, None)
+    check.labels_in_range("bank_labels", bank_labels, -1, None)
     scale, lse_all, lse_same = backward_inputs(lse_all, lse_same, grad_output, tau)
     dq = _kernel(backend, "aggregation_grad")(queries, bank, bank_labels, query_labels,
                                               lse_all, lse_same, scale, tau)
@@ -132,7 +135,7 @@ def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
                   backend: str) -> Tuple[Tensor, Tensor]:
     check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes if num_classes > 0 else None)
     scores, neighbours = _kernel(backend, "topk_similarity")(queries, labeled, k, tau, log_density)
-    labels, confidence = class_vote(scores.float(), labeled_labels[neighbours])
+    labels, confidence = reference.class_vote(scores.float(), labeled_labels[neighbours])
     return labels, confidence.float()
 
 
@@ -194,8 +197,8 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     ``loss[b] = logsumexp_j s_bj - logsumexp_{j: bank_labels[j] == query_labels[b]} s_bj``
     with ``s_bj = queries[b] . bank[j] / tau``, computed in one streaming pass (no
     ``B x N`` logits). Args: queries [B, D] (float32/bf16/fp16), bank [N, D]
-    (float32/bf16/fp16, a buffer: it gets no gradient), bank_labels [N] int (< 0 = no
-    label yet), query_labels [B] int (>= 0). Returns fp32 [B]. A query whose label no bank
+    (float32/bf16/fp16, a buffer: it gets no gradient), bank_labels [N] int (>= 0, or -1
+    for no label yet), query_labels [B] int (>= 0). Returns fp32 [B]. A query whose label no bank
     row carries gets ``+inf`` and zero gradient. The gradient w.r.t. queries has their dtype.
     """
     queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
@@ -312,6 +315,29 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
         -1 if num_classes is None else num_classes, name)
 
 
+def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[int] = None, *,
+               backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """The vote of ``propagate_labels`` (paper eq. 5) over neighbours chosen elsewhere (the
+    merged top-k of a sharded bank, say).
+
+    scores [Q, K] float (K >= 1, any order), neighbour_labels [Q, K] int: each
+    neighbour's class in [0, num_classes) (num_classes None: any class >= 0), or -1 for a
+    neighbour without a label, which casts no vote. Over the voting neighbours
+    ``w_c = sum_{k: label = c} exp(score_k - max score)``; returns ``argmax_c w_c``
+    (lowest class on a tie) int64 [Q] and the confidence ``max_c w_c / sum_c w_c`` fp32
+    [Q] (fp64 for fp64 scores). A row with no voting neighbour gets label -1 and
+    confidence 0; a row whose voting scores are not all finite gets label -1 and
+    confidence NaN. The same PyTorch code runs on every backend; ``backend`` is checked as
+    everywhere (a named backend that cannot run on the tensors' device is refused).
+    """
+    check.vote_inputs(scores, neighbour_labels)
+    num_classes = check.optional_num_classes("num_classes", num_classes)
+    device = check.same_device(scores=scores, neighbour_labels=neighbour_labels)
+    resolve_device(backend, device)
+    check.labels_in_range("neighbour_labels", neighbour_labels, -1, num_classes)
+    return reference.class_vote(scores.detach(), neighbour_labels)
+
+
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
                         momentum: float = 0.5, *, backend: str = "auto") -> Tensor:
     """In place: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` (Wu et al. 2018).
@@ -322,6 +348,9 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
     value). Returns ``bank``.
     """
     check.embeddings("bank", bank)
+    if bank.requires_grad:
+        raise ValueError("bank must not require grad: it is updated in place, which autograd cannot "
+                         "follow (keep the bank a buffer, or pass bank.detach(), which shares its memory)")
     if not bank.is_contiguous():
         raise ValueError("bank must be contiguous: it is updated in place, so it cannot be "
                          "copied (call .contiguous() once when creating it)")

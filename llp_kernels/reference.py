@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ._lse import backward_inputs
+from ._normalize import normalize_rows
 from .backends._record import Backend
 
 
@@ -170,16 +171,25 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
 def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """The vote of ``propagate_labels`` (paper eq. 5) over already chosen neighbours.
 
-    scores [Q, K] sorted descending (the best first), neighbour_labels [Q, K] int64 (in
-    [0, num_classes): the vote itself needs no class count). ``w_c = sum_{k: label = c}
-    exp(score_k - score_0)``; returns ``argmax_c w_c`` (lowest class on a tie) int64 [Q]
-    and ``max_c w_c / sum_c w_c`` [Q]; a row whose weights are not finite gets label -1
-    and confidence NaN. Memory O(Q K), whatever the number of classes.
+    scores [Q, K] (any order), neighbour_labels [Q, K] int: each neighbour's class, or -1
+    for a neighbour without a label, which casts no vote (it is left out of every w_c and
+    of their sum). Over the voting neighbours, ``w_c = sum_{k: label = c} exp(score_k -
+    max score)``; returns ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and
+    ``max_c w_c / sum_c w_c`` [Q]. A row with no voting neighbour gets label -1 and
+    confidence 0 (no label reaches it); a row whose voting weights are not finite (a NaN
+    or infinite score) gets label -1 and confidence NaN. ``num_classes`` is not needed
+    (the public ``class_vote`` checks labels against it). Memory O(Q K), whatever the
+    number of classes.
     """
-    weights = torch.exp(scores - scores[:, :1])
-    labels, order = torch.sort(neighbour_labels, dim=1, stable=True)
+    dtype = _compute_dtype(scores)
+    scores, labels = scores.to(dtype), neighbour_labels.long()
+    voting = labels >= 0
+    top = torch.where(voting, scores, float("-inf")).amax(dim=1, keepdim=True)
+    weights = torch.where(voting, torch.exp(scores - top), 0.0)
+    labels, order = torch.sort(labels, dim=1, stable=True)
     weights = torch.gather(weights, 1, order)
-    # Runs of equal labels in each sorted row: sum the weights of each run.
+    # Runs of equal labels in each sorted row: sum the weights of each run. The -1 run
+    # sums to 0, below the best voter's own weight of 1.
     starts = torch.ones_like(labels, dtype=torch.bool)
     starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
     run = torch.cumsum(starts.long(), dim=1) - 1
@@ -190,7 +200,10 @@ def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[i
     label = torch.gather(labels, 1, position[:, None]).squeeze(1)
     confidence = best / weights.sum(dim=1)
     usable = torch.isfinite(confidence)
-    return torch.where(usable, label, -1), torch.where(usable, confidence, float("nan"))
+    label = torch.where(usable, label, -1)
+    confidence = torch.where(usable, confidence, float("nan"))
+    reached = voting.any(dim=1)
+    return torch.where(reached, label, -1), torch.where(reached, confidence, 0.0)
 
 
 def last_occurrence_mask(indices: Tensor) -> Tensor:
@@ -208,17 +221,16 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
 
     ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` for each ``(i, v)`` of
     ``(indices, embeddings)``, mixing in fp32 and storing in the bank's dtype.
-    ``normalize`` divides by ``max(norm, 1e-12)``; a row whose mix is not finite becomes
-    all NaN. When an index repeats within the call, the last occurrence wins: the row is
+    ``normalize`` is ``normalize_rows``: every finite mix becomes a unit row, however large
+    or small, an all-zero mix stays zero, and a row whose mix is not finite becomes all
+    NaN. When an index repeats within the call, the last occurrence wins: the row is
     mixed once, from its old value.
     """
     keep = last_occurrence_mask(indices) & (indices >= 0)  # kernels' callers mark skipped rows -1
     rows = indices[keep].long()
     dtype = _compute_dtype(bank, embeddings)
     mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
-    finite = torch.isfinite((mixed * mixed).sum(dim=1, keepdim=True))
-    new = torch.where(finite, torch.nn.functional.normalize(mixed, dim=1, eps=1e-12), float("nan"))
-    bank[rows] = new.to(bank.dtype)
+    bank[rows] = normalize_rows(mixed).to(bank.dtype)
     return bank
 
 

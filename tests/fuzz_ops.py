@@ -20,7 +20,7 @@ from llp_kernels import reference as ref
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 OPS = ("aggregation_loss", "aggregation_lse", "aggregation_grad", "topk_similarity", "local_density",
-       "propagate_labels", "update_memory_bank_")
+       "propagate_labels", "class_vote", "update_memory_bank_")
 
 
 def unit(n, d, dtype, g):
@@ -55,6 +55,11 @@ def valid_args(op: str, rng: random.Random, g: torch.Generator, small: bool) -> 
         labels = torch.randint(0, min(classes, 2 ** 31), (n,), generator=g)
         return dict(queries=q, labeled=keys, labeled_labels=labels, log_density=bias, k=k, tau=tau,
                     num_classes=rng.choice([None, classes]))
+    if op == "class_vote":
+        classes = rng.choice([1, 4, 2 ** 40])
+        labels = torch.randint(-1, min(classes, 2 ** 31), (rows, k), generator=g)
+        scores = (5 * torch.randn(rows, k, generator=g)).to(rng.choice(DTYPES))
+        return dict(scores=scores, neighbour_labels=labels, num_classes=rng.choice([None, classes]))
     idx = torch.randint(0, n, (rows,), generator=g)
     return dict(bank=keys.contiguous(), indices=idx, embeddings=q, momentum=rng.choice([0.0, 0.5, 0.9, 1.0]))
 
@@ -63,10 +68,11 @@ def valid_args(op: str, rng: random.Random, g: torch.Generator, small: bool) -> 
 def malformations(op: str, args: dict, g: torch.Generator):
     first = next(iter(args))
     t = args[first]
-    out = [(first, t.tolist(), [first, "torch.Tensor"]), (first, None, [first]),
-           (first, t.double(), [first, "float64"]), (first, t.flatten(), [first]),
+    out = [(first, t.tolist(), [first, "torch.Tensor"]), (first, None, [first]), (first, t.flatten(), [first]),
            (first, t[:0], [first]), (first, t.to("meta"), ["device"]),
            ("backend", "gpu", ["backend"]), ("backend", 3, ["backend"])]
+    if op != "class_vote":  # a vote takes scores of any float dtype
+        out.append((first, t.double(), [first, "float64"]))
     for name, value in args.items():
         if isinstance(value, torch.Tensor) and name != first:
             out.append((name, value.tolist(), [name]))
@@ -94,6 +100,14 @@ def malformations(op: str, args: dict, g: torch.Generator):
             bad = value.clone()
             bad[0] = args["num_classes"]
             out.append((name, bad, [name]))
+        if name == "neighbour_labels":
+            below = value.clone()
+            below[0, 0] = -2
+            out.append((name, below, [name, ">= -1"]))
+            if args.get("num_classes") is not None:
+                above = value.clone()
+                above[0, 0] = args["num_classes"]
+                out.append((name, above, [name, f"< {args['num_classes']}"]))
     return out
 
 

@@ -69,7 +69,7 @@ def test_momentum_extremes_and_zero_mix(backend, device):
     replace = lk.update_memory_bank_(bank.clone(), idx, emb, momentum=0.0, backend=backend)
     torch.testing.assert_close(replace[idx], torch.nn.functional.normalize(emb, dim=1),
                                rtol=0, atol=2e-6)
-    # m*old + (1-m)*v == 0: normalised with the eps guard, so zeros, never NaN.
+    # m*old + (1-m)*v == 0: an all-zero mix stays zero, never NaN.
     cancel = lk.update_memory_bank_(bank.clone(), idx, -bank[idx].clone(), momentum=0.5,
                                     backend=backend)
     assert torch.isfinite(cancel).all() and (cancel[idx] == 0).all()

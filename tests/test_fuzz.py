@@ -1,7 +1,8 @@
 """Every public op driven with random valid inputs (checked against the reference) and
 random malformed ones (each must be a TypeError/ValueError naming the argument), on every
-backend that runs here. The fuzzer runs in a subprocess, so a crash or a hang fails the
-test instead of taking pytest down."""
+backend that runs here; and the commands and the estimator driven the same way (exit 0
+with the right output, or exit 2 with one line). The fuzzers run in a subprocess, so a
+crash or a hang fails the test instead of taking pytest down."""
 import os
 import subprocess
 import sys
@@ -28,5 +29,21 @@ def test_fuzz_public_ops(backends, cases, seconds):
     env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1"), "PYTHONPATH": path}
     result = subprocess.run([sys.executable, str(FUZZER), "0", str(cases), *backends], env=env,
                             capture_output=True, text=True, timeout=seconds)
+    assert result.returncode == 0, f"fuzzer failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
+    print(result.stdout.strip())
+
+
+COMMANDS_FUZZER = Path(__file__).with_name("fuzz_cli.py")
+
+
+def test_fuzz_commands_and_estimator():
+    """1,720 seeded cases of python -m llp.propagate, LocalLabelPropagation and python -m
+    llp.train (--resume included), about 45 s on 2 CPU cores; see tests/fuzz_cli.py."""
+    root = str(FUZZER.parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = path
+    result = subprocess.run([sys.executable, str(COMMANDS_FUZZER), "0", "1200", "400", "120"], env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"fuzzer failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
     print(result.stdout.strip())

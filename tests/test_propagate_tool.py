@@ -187,6 +187,48 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert "density" in err and "propagation" in err
 
 
+def float64_vote(x, labels, k=10, t=25):
+    """The llp vote in float64 from rows normalised in float64 (scaled first: no overflow)."""
+    x = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    scale = x.abs().amax(dim=1, keepdim=True)
+    x = x / torch.where(scale > 0, scale, 1.0)
+    norm = x.norm(dim=1, keepdim=True)
+    xn = x / torch.where(norm > 0, norm, 1.0)
+    lab = torch.from_numpy(labels)
+    known = lab >= 0
+    density = ref.local_density(xn[known], xn[~known], t, TAU)
+    got_labels, got_conf = ref.propagate_labels(xn[~known], xn[known], lab[known], density, k, TAU)
+    want_labels, want_conf = lab.clone(), torch.ones(len(lab), dtype=torch.float64)
+    want_labels[~known], want_conf[~known] = got_labels, got_conf
+    return want_labels.numpy(), want_conf.numpy()
+
+
+def test_rows_of_any_magnitude_match_float64(tmp_path):
+    """Rows at 1e-30 ... 1e30 (fp32's squared norm over- or underflows beyond about 1e19 and
+    1e-19), and exactly zero rows, which alone are counted as zero."""
+    x, labels, truth = clustered()
+    scales = np.float32(10.0) ** np.tile(np.array([-30, -14, 0, 19, 30], dtype=np.float32), N // 5)
+    x = x * scales[:, None]
+    zero = np.flatnonzero(labels < 0)[:3]
+    x[zero] = 0
+    folder = tmp_path / "scaled"
+    folder.mkdir()
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", labels)
+    summary = cli(folder, tmp_path / "out")
+    want_labels, want_conf = float64_vote(x, labels)
+    got_labels, got_conf = outputs(tmp_path / "out")
+    assert np.array_equal(got_labels, want_labels)
+    np.testing.assert_allclose(got_conf, want_conf, atol=1e-5)
+    assert summary["zero_norm_rows"] == 3
+    model = LocalLabelPropagation().fit(x, labels)
+    assert np.array_equal(model.transduction_, want_labels)
+    np.testing.assert_allclose(model.label_distributions_.max(axis=1), want_conf, atol=1e-5)
+    np.save(folder / "x.npy", x.astype(np.float64) * 1e250)  # beyond fp32's range, still finite
+    cli(folder, tmp_path / "out64")
+    assert np.array_equal(outputs(tmp_path / "out64")[0], want_labels)
+
+
 def _bad_inputs(folder):
     x, y, truth = (np.load(folder / f) for f in ("x.npy", "y.npy", "t.npy"))
     nan = x.copy()
@@ -200,6 +242,13 @@ def _bad_inputs(folder):
     extra = truth.copy()
     extra[7] = C + 2
     np.save(folder / "extra.npy", extra)
+    for name, value in (("billion.npy", 10 ** 9), ("huge.npy", 2 ** 62)):
+        big = y.copy()
+        big[np.flatnonzero(y >= 0)[3]] = value
+        np.save(folder / name, big)
+    (folder / "a_dir").mkdir()
+    (folder / "words.txt").write_text("3\n17\nabc\n")
+    (folder / "binary.txt").write_bytes(bytes(range(256)))
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -218,6 +267,16 @@ def _bad_inputs(folder):
     (["--k", "0"], "--k must be an integer >= 1"),
     (["--method", "spectral"], "--method: invalid choice"),
     (["--plot"], "--plot needs --eval-labels"),
+    (["--labels", "billion.npy"], "--labels holds class id 1000000000 at row "),
+    (["--labels", "huge.npy"], ": class ids must lie in [0, 1048576) (2**20 classes at most"),
+    (["--eval-labels", "billion.npy"], "--eval-labels holds class id 1000000000"),
+    (["--tau", "1e-9"], "--tau must be >= 1e-06 (smaller temperatures overflow fp32 exponentials), got 1e-09"),
+    (["--tau", "nan"], "--tau must be a finite number > 0, got nan"),
+    (["--gamma", "inf", "--method", "diffusion"], "--gamma must be a finite number > 0, got inf"),
+    (["--embeddings", "a_dir"], "--embeddings {}/a_dir is a directory, not a file"),
+    (["--labeled-list", "a_dir"], "--labeled-list {}/a_dir is a directory, not a file"),
+    (["--labeled-list", "words.txt"], "--labeled-list {}/words.txt must list row positions (integers), found 'abc'"),
+    (["--labeled-list", "binary.txt"], "--labeled-list {}/binary.txt is not a text file of row positions"),
 ])
 def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, capsys, flags, message):
     folder = write(tmp_path)
@@ -235,14 +294,55 @@ def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, capsys, flags,
     if flags == ["--plot"]:
         rest = ["--plot"]
     argv = [a for flag, value in args.items() for a in (flag, str(folder / value))]
-    argv += [f if not f.endswith(".npy") else str(folder / f) for f in rest]
+    argv += [str(folder / f) if (folder / f).exists() else f for f in rest]
     with pytest.raises(SystemExit) as exit_info:
         propagate.main([*argv, "--out", str(out), "--quiet"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message.format(folder) in err, err
-    assert "Traceback" not in err and len(err.splitlines()) <= 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "old"
+
+
+def test_out_as_a_dangling_link_is_one_line(tmp_path, capsys):
+    folder = write(tmp_path)
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(folder, tmp_path / "out")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {tmp_path / 'out'} is a symbolic link to {tmp_path / 'gone'}, which does not exist\n"
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_a_backend_that_cannot_run_here_is_one_line(tmp_path, backend):
+    if torch.cuda.is_available():
+        pytest.skip("both backends run on this machine's GPU")
+    folder = write(tmp_path)
+    env = {k: v for k, v in _env().items() if k != "TRITON_INTERPRET"}  # triton needs it on CPU
+    result = subprocess.run([sys.executable, "-m", "llp.propagate", "--embeddings", str(folder / "x.npy"),
+                             "--labels", str(folder / "y.npy"), "--out", str(tmp_path / "out"), "--backend", backend],
+                            env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --backend {backend}: backend='{backend}' cannot run "
+                                                   f"topk_similarity: "), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
+    folder = write(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that no longer runs
+    stale = [f".pseudo_labels.npy.{dead}.tmp", f".confidence.npy.{dead}.tmp", f".summary.json.{dead}.tmp"]
+    kept = [f".summary.json.{os.getppid()}.tmp",  # a running process's
+            f".notes.txt.{dead}.tmp", f"pseudo_labels.npy.{dead}.tmp", "mine.tmp"]  # not the tool's pattern
+    for name in stale + kept:
+        (out / name).write_bytes(b"x")
+    cli(folder, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(kept + list(OUTPUTS))
 
 
 def test_failed_run_removes_the_directory_it_created(tmp_path):

@@ -81,7 +81,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_touches_nothing(tmp_path):
     (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
     (bad / "metrics.jsonl").write_text('{"epoch": 1}\n')
     result = cli("--resume", str(bad), cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "checkpoint.pt is unreadable" in result.stderr
     assert "Traceback" not in result.stderr
     assert (bad / "checkpoint.pt").read_bytes() == b"not a checkpoint"
@@ -183,7 +183,7 @@ def test_incompatible_checkpoint_is_a_clear_error_and_touches_nothing(tmp_path):
     torch.save(ckpt, run_dir / "checkpoint.pt")
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     result = cli("--resume", str(run_dir), cwd=tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "checkpoint.pt does not fit this run" in result.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 

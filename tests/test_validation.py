@@ -23,6 +23,7 @@ AGG_CASES = [  # (override, exception, words the message must contain)
     (dict(bank=torch.empty(0, 64), bank_labels=torch.empty(0, dtype=torch.int64)), ValueError,
      ["bank", "non-empty"]),
     (dict(query_labels=torch.tensor([0, 1, -1, 2])), ValueError, ["query_labels", ">= 0"]),
+    (dict(bank_labels=torch.tensor([0, 1, -2, 2] * 5)), ValueError, ["bank_labels", ">= -1", "-2"]),
     (dict(query_labels=torch.tensor([0.0, 1.0, 1.0, 2.0])), TypeError, ["query_labels", "integer"]),
     (dict(query_labels=torch.tensor([0, 1, 2])), ValueError, ["query_labels", "4 entries"]),
     (dict(bank_labels=torch.zeros(19, dtype=torch.int64)), ValueError, ["bank_labels", "20"]),
@@ -121,6 +122,7 @@ BANK_CASES = [
     (dict(momentum=1.5), ValueError, ["momentum", "[0, 1]"]),
     (dict(bank=unit_rows(64, 10).T), ValueError, ["bank", "contiguous"]),
     (dict(bank=unit_rows(10, 64).double()), TypeError, ["bank", "float64"]),
+    (dict(bank=torch.nn.Parameter(unit_rows(10, 64))), ValueError, ["bank", "require grad"]),
 ]
 
 
@@ -135,6 +137,35 @@ def test_update_memory_bank_rejects_and_leaves_bank_alone(backend, override, exc
     for word in words:
         assert word in str(info.value), f"{word!r} not in: {info.value}"
     assert torch.equal(kwargs["bank"], before)
+
+
+VOTE_CASES = [
+    (dict(scores=torch.tensor([[5.0, 4, 3, 2, 1]])), ValueError, ["neighbour_labels", "shape", "(1, 5)"]),
+    (dict(scores=torch.tensor([[5.0, 4], [3, 2]])), ValueError, ["neighbour_labels", "shape", "(2, 2)"]),
+    (dict(neighbour_labels=torch.tensor([[5, 0]])), ValueError, ["neighbour_labels", "< 3", "5"]),
+    (dict(neighbour_labels=torch.tensor([[-2, 0]])), ValueError, ["neighbour_labels", ">= -1", "-2"]),
+    (dict(neighbour_labels=torch.tensor([[1.0, 0.0]])), TypeError, ["neighbour_labels", "integer"]),
+    (dict(scores=torch.zeros(1, 0), neighbour_labels=torch.zeros(1, 0, dtype=torch.int64)), ValueError,
+     ["scores", "K >= 1"]),
+    (dict(scores=torch.tensor([5.0, 4.0]), neighbour_labels=torch.tensor([1, 0])), ValueError,
+     ["scores", "2-D"]),
+    (dict(scores=torch.tensor([[5, 4]])), TypeError, ["scores", "float"]),
+    (dict(scores=[[5.0, 4.0]]), TypeError, ["scores", "torch.Tensor"]),
+    (dict(num_classes=0), ValueError, ["num_classes", ">= 1"]),
+    (dict(backend="gpu"), ValueError, ["backend", "'gpu'"]),
+    (dict(backend="cuda"), ValueError, ["backend='cuda'", "cannot run on cpu"]),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("override,exc,words", VOTE_CASES)
+def test_class_vote_rejects(backend, override, exc, words):
+    kwargs = {"scores": torch.tensor([[5.0, 4.0]]), "neighbour_labels": torch.tensor([[1, 0]]),
+              "num_classes": 3, "backend": backend, **override}
+    with pytest.raises(exc) as info:
+        lk.class_vote(**kwargs)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in: {info.value}"
 
 
 def test_a_backend_limit_is_refused_before_any_launch():

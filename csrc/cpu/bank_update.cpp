@@ -25,18 +25,22 @@ int64_t bank_update_typed(BankT* bank, int64_t N, int64_t D, const int64_t* idx,
       if (idx[b] < 0) continue;  // a duplicate that a later row of the batch replaces
       BankT* row = bank + idx[b] * D;
       const EmbT* v = emb + b * D;
-      float sq = 0.0f;
+      // The squared norm accumulates in double: the square of every finite fp32 value
+      // (3.4e38 down to 1.4e-45) is a normal double, so every finite mix becomes a unit
+      // row, however large or small; an all-zero mix stays zero.
+      double sq = 0.0;
       for (int64_t d = 0; d < D; ++d) {
         const float x = momentum * Storage<BankT>::load(row, d) +
                         (1.0f - momentum) * Storage<EmbT>::load(v, d);
         mixed[d] = x;
-        sq += x * x;
+        sq += static_cast<double>(x) * x;
       }
-      // Same guard as torch.nn.functional.normalize: divide by max(norm, eps). A mix that
-      // is not finite (a NaN or inf input) makes the whole row NaN.
-      const float inv_norm = std::isfinite(sq) ? 1.0f / std::fmax(std::sqrt(sq), 1e-12f)
-                                               : std::numeric_limits<float>::quiet_NaN();
-      for (int64_t d = 0; d < D; ++d) Storage<BankT>::store(row, d, mixed[d] * inv_norm);
+      // A mix that is not finite (a NaN or inf input) makes the whole row NaN.
+      const double inv_norm = !std::isfinite(sq) ? std::numeric_limits<double>::quiet_NaN()
+                              : sq > 0.0         ? 1.0 / std::sqrt(sq)
+                                                 : 1.0;
+      for (int64_t d = 0; d < D; ++d)
+        Storage<BankT>::store(row, d, static_cast<float>(mixed[d] * inv_norm));
     }
   });
   return -1;

@@ -29,18 +29,23 @@ __global__ void bank_update_kernel(BankT* __restrict__ bank, int64_t D,
   BankT* row = bank + idx[b] * D;
   const EmbT* v = emb + b * D;
 
-  float sq = 0.0f;
+  // The squared norm accumulates in double (full rate on sm_80/sm_90): the square of every
+  // finite fp32 value is a normal double, so every finite mix becomes a unit row, however
+  // large or small; an all-zero mix stays zero.
+  double sq = 0.0;
   for (int64_t d = lane; d < D; d += 32) {
     const float x = momentum * Dev<BankT>::load(row + d) + (1.0f - momentum) * Dev<EmbT>::load(v + d);
-    sq += x * x;
+    sq += static_cast<double>(x) * x;
   }
   for (int off = 16; off > 0; off >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, off);
   // A mix that is not finite (a NaN or inf input) makes the whole row NaN.
-  const float inv_norm = isfinite(sq) ? 1.0f / fmaxf(sqrtf(sq), 1e-12f) : __int_as_float(0x7fc00000);
+  const double inv_norm = !isfinite(sq) ? __longlong_as_double(0x7ff8000000000000LL)
+                          : sq > 0.0    ? 1.0 / sqrt(sq)
+                                        : 1.0;
   // Each lane rewrites only the elements it read, so re-reading them here is safe.
   for (int64_t d = lane; d < D; d += 32) {
     const float x = momentum * Dev<BankT>::load(row + d) + (1.0f - momentum) * Dev<EmbT>::load(v + d);
-    Dev<BankT>::store(row + d, x * inv_norm);
+    Dev<BankT>::store(row + d, static_cast<float>(x * inv_norm));
   }
 }
 

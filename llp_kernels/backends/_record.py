@@ -70,16 +70,20 @@ class Backend:
     rounds_queries_to_bank_dtype: bool = False  # 16-bit banks: queries (and backward weights) rounded to it
     details: Callable[[], str] = field(default=_no_reason)  # extra words for available_backends()
 
+    def why_unusable_on(self, device: torch.device) -> str:
+        """Why this backend cannot run here on ``device`` at all ('' when it can)."""
+        why = self.environment()
+        if why:
+            return why
+        if device.type not in self.devices:
+            return f"it runs on {' or '.join(self.devices)} tensors, got {device}"
+        return self.device_check(device)
+
     def why_unusable(self, op: str, call: Call) -> str:
         """Why this backend cannot run ``op`` for ``call`` ('' when it can)."""
         if op not in self.kernels:
             return f"it does not implement {op}"
-        why = self.environment()
-        if why:
-            return why
-        if call.device.type not in self.devices:
-            return f"it runs on {' or '.join(self.devices)} tensors, got {call.device}"
-        why = self.device_check(call.device)
+        why = self.why_unusable_on(call.device)
         if why:
             return why
         if self.max_dim is not None and call.dim is not None and call.dim > self.max_dim:

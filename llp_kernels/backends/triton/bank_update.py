@@ -1,6 +1,7 @@
 """Memory-bank update in Triton: one program per updated row gathers the bank row and
 the new embedding, mixes them in fp32, re-normalises and scatters the row back in the
-bank's dtype: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)``.
+bank's dtype: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)``, with ``normalize`` as
+``llp_kernels.normalize_rows`` (scaled first, so right for every finite mix).
 Non-negative indices arrive unique (the ops layer marks every earlier duplicate -1,
 which is skipped), so programs never race on a row.
 """
@@ -23,10 +24,15 @@ def _bank_update_kernel(bank_ptr, indices_ptr, emb_ptr, D, momentum, BLOCK_D: tl
     old = tl.load(target, mask=d_ok, other=0.0).to(tl.float32)
     new = tl.load(emb_ptr + b.to(tl.int64) * D + rd, mask=d_ok, other=0.0).to(tl.float32)
     mixed = momentum * old + (1.0 - momentum) * new
-    sq = tl.sum(mixed * mixed, 0)
-    norm = tl.sqrt(sq)
+    # Divided by its largest magnitude first, the row's squared norm can neither overflow
+    # nor underflow: every finite mix becomes a unit row; an all-zero mix stays zero.
+    largest = tl.max(tl.abs(mixed), 0)
+    scaled = mixed / tl.where(largest > 0.0, largest, 1.0)
+    sq = tl.sum(scaled * scaled, 0)
+    # a nonzero row's largest entry is now +-1, so its norm is >= 1; a zero row's is 0
+    norm = tl.maximum(tl.sqrt(sq), 1.0)
     # a mix that is not finite (a NaN or inf input) makes the whole row NaN
-    out = tl.where(sq - sq == 0.0, mixed / tl.maximum(norm, 1e-12), float("nan"))
+    out = tl.where(sq - sq == 0.0, scaled / norm, float("nan"))
     tl.store(target, out.to(bank_ptr.dtype.element_ty), mask=d_ok)
 
 
