@@ -130,12 +130,13 @@ def solve(w_n, labeled_ids: np.ndarray, labeled_classes: np.ndarray, classes: ra
 
 
 def fit(problem: Problem, s: Settings, comm: Comm, progress=no_progress,
-        timings: Optional[dict] = None) -> Tuple[Tensor, np.ndarray]:
+        timings: Optional[dict] = None, check: bool = True) -> Tuple[Tensor, np.ndarray]:
     """The rows [N, D] (kept for ``extend``) and ``F`` [N, C] float32 (>= 0), on every
-    process; ``timings`` gets the seconds of ``rows``, ``graph`` and ``diffusion``."""
+    process; ``timings`` gets the seconds of ``rows``, ``graph`` and ``diffusion``.
+    ``check``: this read checks the rows (no earlier pass did)."""
     timings = {} if timings is None else timings
     start = time.perf_counter()
-    keys = read_all(problem, s)
+    keys = read_all(problem, s, check)
     timings["rows"] = time.perf_counter() - start
     n, C = problem.rows.n, problem.num_classes
     start = time.perf_counter()

@@ -130,7 +130,7 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
                 self.chosen_ = choice.summary()
             self._fitted_settings = s
             if s.method == "diffusion":
-                self._fit_diffusion(problem, s, classes)
+                self._fit_diffusion(problem, s, classes, check=self.chosen_ is None)
             else:
                 self._fit_vote(problem, s, top)
         except NonFiniteRow as exc:
@@ -151,8 +151,8 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
         self.log_density_ = None if fitted.log_density is None else fitted.log_density.cpu().numpy()
         self.label_distributions_ = shares
 
-    def _fit_diffusion(self, problem: Problem, s: Settings, classes: np.ndarray) -> None:
-        keys, f = diffusion.fit(problem, s, Comm(None, problem.rows.device))
+    def _fit_diffusion(self, problem: Problem, s: Settings, classes: np.ndarray, check: bool = True) -> None:
+        keys, f = diffusion.fit(problem, s, Comm(None, problem.rows.device), check=check)
         self._scale = problem.rows.scale
         shares, _, _, _ = diffusion.shares(f)
         labeled = problem.labeled_ids

@@ -379,7 +379,7 @@ def run(args, inputs: Inputs, comm: Comm, device: torch.device, outputs: Optiona
             choice = method_choice.choose(problem, s, comm, progress, timings)
             s, top = choice.settings, choice.top_similarities
         if s.method == "diffusion":
-            _, f = diffusion.fit(problem, s, comm, progress, timings)
+            _, f = diffusion.fit(problem, s, comm, progress, timings, check=choice is None)
             if comm.is_main:
                 _write_diffusion(f, inputs, s.chunk_rows, tally)
         else:

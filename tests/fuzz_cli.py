@@ -182,11 +182,14 @@ def propagate_case(rng: random.Random, folder: Path, mutation: str):
     x, truth = rows(rng, n, d, classes, dtype)
     labels = labels_of(rng, truth, classes)
     labeled = int((labels >= 0).sum())
-    method = rng.choice(["llp", "llp", "knn", "ratio", "diffusion"])
+    method = rng.choice(["llp", "llp", "knn", "ratio", "diffusion", "auto"])
     k, t, tau = rng.randint(1, min(labeled, 12)), rng.choice([1, 3, 25]), rng.choice([0.05, 0.07, 0.1, 0.5, 1.0])
-    flags = ["--method", method, "--k", str(k), "--t", str(t), "--tau", str(tau),
-             "--chunk-rows", str(rng.choice([1, 7, 64, 65536])), "--backend", rng.choice(["auto", "cpu", "reference"]),
-             "--graph-k", str(rng.choice([1, 5, 50]))]
+    flags = ["--method", method, "--t", str(t),
+             "--chunk-rows", str(rng.choice([1, 7, 64, 65536])), "--backend", rng.choice(["auto", "cpu", "reference"])]
+    if method != "auto":  # auto chooses k, tau and the graph itself
+        flags += ["--k", str(k), "--tau", str(tau), "--graph-k", str(rng.choice([1, 5, 50]))]
+    if method == "diffusion":
+        flags += ["--metric", rng.choice(["cosine", "euclidean"])]
     if dtype == "bfloat16":
         flags += ["--dtype", "bfloat16"]
     files = {"x.npy": x, "y.npy": labels}
@@ -217,12 +220,14 @@ def propagate_case(rng: random.Random, folder: Path, mutation: str):
         xf = as_float(x, dtype == "bfloat16")
         if summary["zero_norm_rows"] != int((xf == 0).all(axis=1).sum()):
             raise Broken(f"{what}: zero_norm_rows {summary['zero_norm_rows']} is not the number of zero rows")
-        if method == "diffusion":
+        if method in ("diffusion", "auto"):
+            if method == "auto" and summary["auto"]["settings"]["method"] not in ("diffusion", "llp", "knn"):
+                raise Broken(f"{what}: auto chose {summary['auto']}")
             known = labels >= 0
             ok = (np.array_equal(got_labels[known], labels[known]) and (got_labels >= -1).all()
                   and (got_labels < classes).all() and ((got_conf >= 0) & (got_conf <= 1 + 1e-6)).all())
             if not ok:
-                raise Broken(f"{what}: diffusion output out of range")
+                raise Broken(f"{what}: {method} output out of range")
         else:
             check_vote(what, xf, labels, got_labels, got_conf, method, k, t, tau)
         if "eval" in summary:

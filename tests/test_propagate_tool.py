@@ -215,18 +215,20 @@ def test_rows_of_any_magnitude_match_float64(tmp_path):
     folder.mkdir()
     np.save(folder / "x.npy", x)
     np.save(folder / "y.npy", labels)
-    summary = cli(folder, tmp_path / "out")
+    summary = cli(folder, tmp_path / "out", "--method", "llp")
     want_labels, want_conf = float64_vote(x, labels)
     got_labels, got_conf = outputs(tmp_path / "out")
     assert np.array_equal(got_labels, want_labels)
     np.testing.assert_allclose(got_conf, want_conf, atol=1e-5)
     assert summary["zero_norm_rows"] == 3
-    model = LocalLabelPropagation().fit(x, labels)
+    model = LocalLabelPropagation(method="llp").fit(x, labels)
     assert np.array_equal(model.transduction_, want_labels)
     np.testing.assert_allclose(model.label_distributions_.max(axis=1), want_conf, atol=1e-5)
     np.save(folder / "x.npy", x.astype(np.float64) * 1e250)  # beyond fp32's range, still finite
-    cli(folder, tmp_path / "out64")
+    cli(folder, tmp_path / "out64", "--method", "llp")
     assert np.array_equal(outputs(tmp_path / "out64")[0], want_labels)
+    auto = cli(folder, tmp_path / "auto64")                 # every candidate at this magnitude too
+    assert (outputs(tmp_path / "auto64")[0][labels < 0] == truth[labels < 0]).mean() > 0.9, auto["auto"]
 
 
 def _bad_inputs(folder):
