@@ -63,8 +63,9 @@ def train(run: TrainRun, data_folder: Path, out: Path, threads: int, export: boo
     out_record = {"test_top1": records[-1]["test_top1"], "seconds": records[-1]["seconds"]}
     if llp_records:
         out_record.update({name: [r.get(name) for r in llp_records]
-                           for name in ("pseudo_acc", "test_top1", "selfcheck_acc", "selfcheck_classifier_acc",
+                           for name in ("pseudo_acc", "selfcheck_acc", "selfcheck_classifier_acc",
                                         "selfcheck_reference_acc", "gate")})
+        out_record["test_top1_per_epoch"] = [r["test_top1"] for r in llp_records]
     return out_record
 
 
