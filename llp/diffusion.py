@@ -14,6 +14,13 @@ row in the style of DLP (Iscen et al. 2019).
    (``scipy.sparse.linalg.cg``, at most ``cg_iters`` iterations, relative tolerance
    ``cg_tol``; DLP: alpha = 0.99, 20 iterations), with ``y_c[i] = 1 / |L_c|`` for the
    labeled rows of class c (DLP's class-size normalisation) and 0 elsewhere.
+   The defaults are graph_k = 10 and alpha = 0.9, not DLP's 50 and 0.99: on the
+   development suite's small data sets (150-2,400 rows) those over-smooth, and the class
+   whose labeled rows sit in the best-connected part of the graph spreads over the
+   others (overlapping clusters at 5% labels: one class took 34% of the rows, true share
+   10%; wine: 53% against 40%); more CG iterations change nothing (500 give the same
+   labels as 20). Over the suite's raw features at 2-10% labels the defaults are 3.4
+   points above LabelSpreading on average, DLP's 3.8 below.
 4. ``F = max(F, 0)`` (CG may leave tiny negatives); a row's class shares are
    ``F_i / sum_c F_ic``, its pseudo-label their argmax and its confidence their max.
    A row that no label reaches (``F_i = 0``) has no pseudo-label: label -1, confidence 0

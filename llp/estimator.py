@@ -81,7 +81,7 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, method="auto", k=10, t=25, tau=0.07, backend="auto", device="auto",
-                 chunk_rows=65536, graph_k=50, gamma=3.0, alpha=0.99, cg_iters=20, cg_tol=1e-6,
+                 chunk_rows=65536, graph_k=10, gamma=3.0, alpha=0.9, cg_iters=20, cg_tol=1e-6,
                  metric="cosine"):
         self.method = method
         self.k = k

@@ -80,9 +80,9 @@ def build_parser() -> _Parser:
     g("--k", type=int, default=d.k, help="K labeled neighbours that vote (at most the number of labeled rows)")
     g("--t", type=int, default=d.t, help="T nearest unlabeled rows in the local density (clamped to their number)")
     g("--tau", type=float, default=d.tau, help="temperature of the similarities")
-    g("--graph-k", type=int, default=d.graph_k, help="diffusion: neighbours of each row in the graph (default 50, as DLP)")
+    g("--graph-k", type=int, default=d.graph_k, help="diffusion: neighbours of each row in the graph (DLP: 50; see README)")
     g("--gamma", type=float, default=d.gamma, help="diffusion: edge weight max(s, 0)^gamma (default 3, as DLP)")
-    g("--alpha", type=float, default=d.alpha, help="diffusion: solve (I - alpha W) F = Y (default 0.99, as DLP)")
+    g("--alpha", type=float, default=d.alpha, help="diffusion: solve (I - alpha W) F = Y (DLP: 0.99, which over-smooths on small data sets; see README)")
     g("--cg-iters", type=int, default=d.cg_iters, help="diffusion: conjugate-gradient iterations per class (default 20, as DLP)")
     g("--cg-tol", type=float, default=d.cg_tol, help="diffusion: conjugate-gradient relative tolerance")
     g("--metric", choices=METRICS, default=d.metric, help="diffusion: the graph's neighbours by cosine similarity "

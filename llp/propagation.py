@@ -61,9 +61,9 @@ class Settings:
     tau: float = 0.07
     backend: str = "auto"
     chunk_rows: int = 65536
-    graph_k: int = 50
+    graph_k: int = 10
     gamma: float = 3.0
-    alpha: float = 0.99
+    alpha: float = 0.9
     cg_iters: int = 20
     cg_tol: float = 1e-6
     metric: str = "cosine"

@@ -98,15 +98,19 @@ def test_streamed_vote_matches_the_reference(tmp_path, method):
     assert on_disk["flags"]["method"] == method and on_disk["timings_s"]["propagation"] >= 0
 
 
-def dense_diffusion(x, labels, graph_k=50, gamma=3.0, alpha=0.99):
-    """DLP on the dense similarity matrix, solved exactly: labels [N], confidences [N]."""
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    s = (xn @ xn.T).astype(np.float64)
+def dense_diffusion(x, labels, graph_k=10, gamma=3.0, alpha=0.9, metric="cosine"):
+    """Diffusion on the dense similarity matrix, solved exactly: labels [N], confidences [N]."""
+    if metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        s = (xn @ xn.T).astype(np.float64)
+    else:
+        x64 = x.astype(np.float64)
+        s = -((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(s, -np.inf)
     a = np.zeros_like(s)
     for i, row in enumerate(s):
         nearest = np.argsort(-row)[:graph_k]
-        a[i, nearest] = np.maximum(row[nearest], 0) ** gamma
+        a[i, nearest] = np.maximum(row[nearest], 0) ** gamma if metric == "cosine" else 1.0
     w = a + a.T
     d = 1 / np.sqrt(w.sum(axis=1))
     w_n = d[:, None] * w * d[None, :]
@@ -119,13 +123,15 @@ def dense_diffusion(x, labels, graph_k=50, gamma=3.0, alpha=0.99):
     return np.where(known, labels, p.argmax(axis=1)), np.where(known, 1.0, p.max(axis=1))
 
 
-def test_diffusion_matches_a_dense_solve(tmp_path):
+@pytest.mark.parametrize("flags,kwargs", [([], {}), (["--graph-k", "50", "--alpha", "0.99"], dict(graph_k=50, alpha=0.99)),
+                                          (["--metric", "euclidean"], dict(metric="euclidean"))])
+def test_diffusion_matches_a_dense_solve(tmp_path, flags, kwargs):
     folder = write(tmp_path, n=300)
     cli(folder, tmp_path / "out", "--method", "diffusion", "--chunk-rows", "50", "--cg-iters", "2000",
-        "--cg-tol", "1e-12")
+        "--cg-tol", "1e-12", *flags)
     labels, conf = outputs(tmp_path / "out")
     x, y, _ = clustered(n=300)
-    want_labels, want_conf = dense_diffusion(x, y)
+    want_labels, want_conf = dense_diffusion(x, y, **kwargs)
     assert np.array_equal(labels, want_labels)
     np.testing.assert_allclose(conf, want_conf, atol=1e-4)
 
