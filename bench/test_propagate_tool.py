@@ -132,7 +132,7 @@ def work(n: int, labeled: int):
 
 def tool_run(folder, out, device):
     return lambda: propagate.main(["--embeddings", str(folder / "x.npy"), "--labels", str(folder / "y.npy"),
-                                   "--out", str(out), "--device", device.type, "--quiet"])
+                                   "--out", str(out), "--device", device.type, "--quiet", "--method", "llp"])
 
 
 def test_propagate_tool_llp(benchmark, rows, dataset, device, peaks, tmp_path):
