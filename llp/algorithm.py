@@ -88,6 +88,10 @@ class LLPState:
                                            self.num_classes)
         self._assign(targets, labels, conf)
 
+    def assign_all(self, labels: Tensor, conf: Tensor) -> None:
+        """Labels [N] and confidences [N] for every unlabeled example (labeled ones keep theirs)."""
+        self._assign(torch.arange(len(self.labels), device=self.labels.device), labels, conf)
+
     def set_labels_from_classifier(self, idx: Tensor, logits: Tensor) -> None:
         """The authors' release: pseudo-labels from the classifier head (an ablation)."""
         conf, label = torch.softmax(logits.detach().float(), dim=1).max(dim=1)

@@ -57,12 +57,32 @@ def refresh_bank(run: Run) -> None:
 
 
 def start_llp(run: Run) -> None:
-    """LLP begins: optionally a fresh bank, then densities and every first pseudo-label."""
+    """LLP begins: optionally a fresh bank, then densities and every first pseudo-label
+    (``--pseudo-labels input``: the only ones, propagated over the inputs)."""
     c = run.config
     if c.bank_refresh != "never" or (c.warmup > 0 and c.warmup_objective == "supervised"):
         refresh_bank(run)
     run.state.update_density()
-    run.state.propagate()
+    if c.pseudo_labels == "input":
+        run.state.assign_all(*input_propagation(run))
+    else:
+        run.state.propagate()
+
+
+def input_propagation(run: Run) -> Tuple[Tensor, Tensor]:
+    """Pseudo-labels [N] and confidences [N] of every training row from the propagation
+    tool's default (``LocalLabelPropagation``, method auto) over the flattened inputs."""
+    from .estimator import LocalLabelPropagation
+    import numpy as np
+
+    rows = torch.arange(len(run.split.train))
+    x = torch.cat([run.split.train.batch(rows[i:i + 512]).flatten(1) for i in range(0, len(rows), 512)])
+    given = torch.where(run.state.labeled.cpu(), run.train_y.cpu(), -1).numpy()
+    model = LocalLabelPropagation(backend=run.config.backend).fit(x.float().numpy(), given)
+    shares = torch.from_numpy(np.ascontiguousarray(model.label_distributions_))
+    conf, pick = shares.max(dim=1)
+    labels = torch.from_numpy(model.classes_)[pick]
+    return labels.to(run.device), conf.to(run.device)
 
 
 def end_epoch(run: Run, epoch: int, phase: str) -> None:
@@ -113,7 +133,7 @@ def step(run: Run, phase: str, idx: Tensor, x: Tensor, progress: float) -> Tenso
     if phase == "llp":
         if c.pseudo_labels == "classifier":
             state.set_labels_from_classifier(idx, logits)
-        else:
+        elif c.pseudo_labels == "propagation":
             state.propagate(idx, embedding if c.propagate_from == "batch" else None)
     return torch.stack([p.detach() for p in parts]).double()
 
