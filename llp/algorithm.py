@@ -41,12 +41,18 @@ class LLPState:
         self.confidence = labeled.float()
         self.log_density: Optional[Tensor] = None
         self.instance_labels = torch.arange(bank.rows, device=labeled.device)
+        # Where the unlabeled rows' labels come from: "propagation" in the bank (eq. 5, every
+        # step), or "input": fixed labels propagated over the inputs (``input_labels``).
+        self.source = "propagation"
+        self.input_labels: Optional[Tensor] = None
+        self.input_conf: Optional[Tensor] = None
 
     def state_dict(self) -> dict:
         """Everything but the bank, whose rows may be spread over processes: the caller
         gathers it (``bank.gather()``) when it needs it whole."""
         return {"labels": self.labels, "confidence": self.confidence,
-                "log_density": self.log_density, "labeled": self.labeled}
+                "log_density": self.log_density, "labeled": self.labeled, "source": self.source,
+                "input_labels": self.input_labels, "input_conf": self.input_conf}
 
     def load_state_dict(self, state: dict) -> None:
         if state["labels"].shape != self.labels.shape or not torch.equal(state["labeled"], self.labeled):
@@ -57,6 +63,8 @@ class LLPState:
         self.labels.copy_(labels)
         self.confidence.copy_(state["confidence"])
         self.log_density = state["log_density"]
+        self.source = state.get("source", "propagation")
+        self.input_labels, self.input_conf = state.get("input_labels"), state.get("input_conf")
 
     # -- label propagation -------------------------------------------------------------
     def update_density(self) -> None:
@@ -88,9 +96,23 @@ class LLPState:
                                            self.num_classes)
         self._assign(targets, labels, conf)
 
-    def assign_all(self, labels: Tensor, conf: Tensor) -> None:
-        """Labels [N] and confidences [N] for every unlabeled example (labeled ones keep theirs)."""
-        self._assign(torch.arange(len(self.labels), device=self.labels.device), labels, conf)
+    def use_source(self, source: str) -> None:
+        """From now on the unlabeled rows' labels come from ``source``: "input" assigns
+        the fixed input labels to every row, "propagation" propagates every row now (and
+        the steps re-propagate their batches)."""
+        self.source = source
+        if source == "input":
+            self._assign(torch.arange(len(self.labels), device=self.labels.device), self.input_labels,
+                         self.input_conf)
+        else:
+            self.propagate()
+
+    def vote(self, ids: Tensor) -> Tensor:
+        """The bank's propagated labels (eq. 5) of rows ``ids``, whatever the source."""
+        labels, _ = self.bank.propagate(self.bank.fetch(ids), self.labeled_idx, self.labels[self.labeled_idx],
+                                        self.log_density, min(self.config.k, self.labeled_idx.numel()),
+                                        self.num_classes)
+        return labels
 
     def set_labels_from_classifier(self, idx: Tensor, logits: Tensor) -> None:
         """The authors' release: pseudo-labels from the classifier head (an ablation)."""

@@ -194,10 +194,12 @@ def _llp_flags(p, d: TrainConfig) -> None:
       help="per-step propagation from the updated bank rows or from the step's own embeddings")
     g("--no-density-weighting", action="store_true", help="NoDW ablation: plain weighted kNN")
     g("--no-confidence", action="store_true", help="NoC ablation: every loss weight is 1")
-    g("--pseudo-labels", choices=["propagation", "classifier", "input"], default=d.pseudo_labels,
-      help="where pseudo-labels come from: propagation in the memory bank (the paper); classifier: the "
-           "classifier head (what the authors' release did); input: once, when LLP starts, the propagation "
-           "tool's default over the inputs themselves (features, or flattened images), then fixed")
+    g("--pseudo-labels", choices=["auto", "propagation", "input", "classifier"], default=d.pseudo_labels,
+      help="where pseudo-labels come from: propagation: in the memory bank, every step (the paper); input: "
+           "once, when LLP starts, the propagation tool's default over the inputs themselves (features, or "
+           f"images of at most {4096} values), then fixed; auto: whichever of the two the self-check finds "
+           "more accurate on its held-out labeled rows, every epoch (propagation without a self-check); "
+           "classifier: the classifier head (what the authors' release did)")
     g("--density-over", choices=["unlabeled", "all"], default=d.density_over,
       help="density over the T nearest unlabeled rows (paper) or over all rows (release)")
     g("--self-check-replicas", type=int, choices=[0, 1, 2], default=d.self_check_replicas,

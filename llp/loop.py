@@ -56,17 +56,25 @@ def refresh_bank(run: Run) -> None:
     run.state.bank.write_own(fresh.to(run.state.bank.data.dtype))
 
 
+# Inputs up to this many values per example can be propagated over (vectors, small images).
+INPUT_VALUES = 4096
+
+
 def start_llp(run: Run) -> None:
-    """LLP begins: optionally a fresh bank, then densities and every first pseudo-label
-    (``--pseudo-labels input``: the only ones, propagated over the inputs)."""
-    c = run.config
+    """LLP begins: optionally a fresh bank, then densities and every first pseudo-label.
+    With ``--pseudo-labels input`` or ``auto`` the inputs' own propagation is computed
+    too; ``input`` starts from it, ``auto`` from the bank (the self-check may switch)."""
+    c, state = run.config, run.state
     if c.bank_refresh != "never" or (c.warmup > 0 and c.warmup_objective == "supervised"):
         refresh_bank(run)
-    run.state.update_density()
-    if c.pseudo_labels == "input":
-        run.state.assign_all(*input_propagation(run))
-    else:
-        run.state.propagate()
+    state.update_density()
+    if c.pseudo_labels in ("input", "auto") and input_values(run) <= INPUT_VALUES:
+        state.input_labels, state.input_conf = input_propagation(run)
+    state.use_source("input" if c.pseudo_labels == "input" else "propagation")
+
+
+def input_values(run: Run) -> int:
+    return math.prod(run.split.input_shape)
 
 
 def input_propagation(run: Run) -> Tuple[Tensor, Tensor]:
@@ -75,6 +83,9 @@ def input_propagation(run: Run) -> Tuple[Tensor, Tensor]:
     from .estimator import LocalLabelPropagation
     import numpy as np
 
+    if input_values(run) > INPUT_VALUES:
+        raise ValueError(f"--pseudo-labels input: inputs of {input_values(run)} values are too many to "
+                         f"propagate over (at most {INPUT_VALUES})")
     rows = torch.arange(len(run.split.train))
     x = torch.cat([run.split.train.batch(rows[i:i + 512]).flatten(1) for i in range(0, len(rows), 512)])
     given = torch.where(run.state.labeled.cpu(), run.train_y.cpu(), -1).numpy()
@@ -97,7 +108,7 @@ def end_epoch(run: Run, epoch: int, phase: str) -> None:
         if c.bank_refresh == "epoch":
             refresh_bank(run)
         run.state.update_density()
-        if c.bank_refresh == "epoch":
+        if c.bank_refresh == "epoch" and run.state.source == "propagation":
             run.state.propagate()
 
 
@@ -133,7 +144,7 @@ def step(run: Run, phase: str, idx: Tensor, x: Tensor, progress: float) -> Tenso
     if phase == "llp":
         if c.pseudo_labels == "classifier":
             state.set_labels_from_classifier(idx, logits)
-        elif c.pseudo_labels == "propagation":
+        elif state.source == "propagation":
             state.propagate(idx, embedding if c.propagate_from == "batch" else None)
     return torch.stack([p.detach() for p in parts]).double()
 

@@ -110,7 +110,12 @@ class SelfCheck:
     def __init__(self, main, replicas: List[Replica]):
         self.main, self.replicas = main, replicas
         self.counts: List[List[float]] = []  # [wins, losses] of each LLP epoch so far
+        self.sources: List[List[float]] = []  # [bank, input] probe accuracy of each LLP epoch
         self.main.gate = gate_of(0.0, 0.0)
+
+    @property
+    def chooses_source(self) -> bool:
+        return self.main.config.pseudo_labels == "auto" and self.main.state.input_labels is not None
 
     # -- training ----------------------------------------------------------------------
     def train_epoch(self, epoch: int, train_one_epoch) -> None:
@@ -118,13 +123,44 @@ class SelfCheck:
         the warm-up's last epoch each records its reference."""
         for replica in self.replicas:
             train_one_epoch(replica.run, epoch)
-            if epoch + 1 == replica.run.config.warmup:
-                replica.reference = self._right(replica) if replica.reference is None else replica.reference
+        if epoch + 1 == self.main.config.warmup:
+            self.start()
 
     def start(self) -> None:
-        """LLP starts without a warm-up: the references are the untrained classifiers."""
+        """LLP starts: each replica's reference is its classifier now (after the warm-up;
+        the untrained one without), and with ``--pseudo-labels auto`` the source whose
+        probe accuracy is higher gives the first pseudo-labels."""
         for replica in self.replicas:
             replica.reference = self._right(replica)
+        if self.chooses_source:
+            self.sources.append(self._source_accuracy())
+            self._use(self._better_source())
+
+    def _source_accuracy(self) -> List[float]:
+        """[bank propagation, input propagation] accuracy on every replica's probe rows."""
+        right, probes = [0.0, 0.0], 0
+        for replica in self.replicas:
+            state, probe = replica.run.state, replica.probe.to(replica.run.device)
+            right[0] += float((state.vote(probe).cpu() == replica.probe_y).sum())
+            right[1] += float((state.input_labels[probe].cpu() == replica.probe_y).sum())
+            probes += len(probe)
+        return [r / max(probes, 1) for r in right]
+
+    def _better_source(self) -> str:
+        """The source with the higher mean probe accuracy over the last ``WINDOW`` epochs;
+        a tie keeps the current one."""
+        recent = self.sources[-WINDOW:]
+        bank, inputs = (sum(a[i] for a in recent) / len(recent) for i in (0, 1))
+        if bank == inputs:
+            return self.main.state.source
+        return "input" if inputs > bank else "propagation"
+
+    def _use(self, source: str) -> None:
+        """The main run and every replica take their labels from ``source`` from now on."""
+        source = ("propagation", "input")[self._agreed_index(("propagation", "input").index(source))]
+        for run in [self.main] + [r.run for r in self.replicas]:
+            if run.state.source != source:
+                run.state.use_source(source)
 
     def _right(self, replica: Replica) -> Tensor:
         from .metrics import run_model
@@ -157,9 +193,15 @@ class SelfCheck:
         gate = self._agreed(gate_of(mean_wins, mean_losses))
         self.main.gate = gate
         n = max(probes, 1)
-        return {"selfcheck_acc": pseudo_right / n, "selfcheck_classifier_acc": right / n,
-                "selfcheck_reference_acc": reference / n, "selfcheck_probes": probes,
-                "selfcheck_wins": mean_wins, "selfcheck_losses": mean_losses, "gate": gate}
+        record = {"selfcheck_acc": pseudo_right / n, "selfcheck_classifier_acc": right / n,
+                  "selfcheck_reference_acc": reference / n, "selfcheck_probes": probes,
+                  "selfcheck_wins": mean_wins, "selfcheck_losses": mean_losses, "gate": gate,
+                  "source": self.main.state.source}
+        if self.chooses_source:
+            self.sources.append(self._source_accuracy())
+            record["selfcheck_bank_acc"], record["selfcheck_input_acc"] = self.sources[-1]
+            self._use(self._better_source())
+        return record
 
     def _agreed(self, gate: float) -> float:
         """Rank 0's gate on every process of a torchrun job."""
@@ -171,9 +213,13 @@ class SelfCheck:
         dist.broadcast(value, src=0)
         return float(value[0])
 
+    def _agreed_index(self, index: int) -> int:
+        return int(round(self._agreed(float(index))))
+
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"gate": self.main.gate, "counts": [list(c) for c in self.counts],
+                "sources": [list(a) for a in self.sources],
                 "replicas": [{"model": r.run.net.state_dict(), "optimizer": r.run.optimizer.state_dict(),
                               "schedule": r.run.schedule.state_dict(),
                               "llp": {**{k: (v.cpu() if torch.is_tensor(v) else v)
@@ -188,6 +234,7 @@ class SelfCheck:
                              f"this run {len(self.replicas)}")
         self.main.gate = float(state["gate"])
         self.counts = [[float(w), float(l)] for w, l in state["counts"]]
+        self.sources = [[float(b), float(i)] for b, i in state.get("sources", [])]
         for replica, saved in zip(self.replicas, state["replicas"]):
             run = replica.run
             run.net.load_state_dict(saved["model"])

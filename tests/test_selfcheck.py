@@ -97,3 +97,47 @@ def test_a_run_records_the_self_check_every_llp_epoch(tmp_path):
         assert line["selfcheck_probes"] > 0
         for key in ("selfcheck_acc", "selfcheck_classifier_acc", "selfcheck_reference_acc"):
             assert 0.0 <= line[key] <= 1.0
+
+
+def test_input_pseudo_labels_are_the_tools_propagation_and_stay_fixed(tmp_path):
+    import numpy as np
+    from llp.estimator import LocalLabelPropagation
+    from llp.loop import start_llp, one_epoch
+
+    c = TrainConfig(labeled_fraction=0.05, pseudo_labels="input", self_check_replicas=0, warmup_epochs=1,
+                    epochs=2, quiet=True)
+    run = build_run(c, torch.device("cpu"), None)
+    start_llp(run)
+    x = run.split.train_x.flatten(1).numpy()
+    given = torch.where(run.state.labeled, run.train_y, -1).numpy()
+    want = LocalLabelPropagation().fit(x, given).transduction_
+    assert run.state.source == "input"
+    assert np.array_equal(run.state.labels.numpy(), want)
+    before = run.state.labels.clone()
+    one_epoch(run, 1)                                   # an LLP epoch: no step re-propagates
+    assert torch.equal(run.state.labels, before)
+
+
+def test_auto_takes_the_source_more_accurate_on_the_probes(tmp_path):
+    train.main(["--quiet", "--run-dir", str(tmp_path / "r"), "--warmup-epochs", "3", "--epochs", "6",
+                "--labeled-fraction", "0.05", "--pseudo-labels", "auto"])
+    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()][3:]
+    for line in lines:
+        assert line["source"] in ("propagation", "input")
+        assert 0 <= line["selfcheck_bank_acc"] <= 1 and 0 <= line["selfcheck_input_acc"] <= 1
+    # LLP epoch i trains on the source the three epochs before it found more accurate (a tie keeps it)
+    for i in range(3, len(lines)):
+        window = lines[i - 3:i]
+        bank = sum(l["selfcheck_bank_acc"] for l in window) / 3
+        inputs = sum(l["selfcheck_input_acc"] for l in window) / 3
+        if bank != inputs:
+            assert lines[i]["source"] == ("input" if inputs > bank else "propagation")
+
+
+def test_inputs_too_large_to_propagate_over_are_refused():
+    from llp.loop import INPUT_VALUES, input_propagation
+
+    run = _run()
+    run.split.input_shape = (INPUT_VALUES + 1,)
+    with pytest.raises(ValueError, match="too many to propagate over"):
+        input_propagation(run)
