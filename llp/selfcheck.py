@@ -17,8 +17,8 @@ the unlabeled rows, so its labeled fraction is the run's. It trains with the pap
 LLP (the pseudo-labeled weight is the ramp-up alone, never gated), from its own seed.
 After every epoch, over the probe rows of all replicas:
 
-- ``selfcheck_acc``: the replicas' pseudo-label accuracy, an honest estimate of how
-  accurate LLP's pseudo-labels are on this data;
+- ``selfcheck_acc``: the replicas' pseudo-label accuracy (of the labels they train on), an
+  honest estimate of how accurate LLP's pseudo-labels are on this data;
 - ``selfcheck_classifier_acc`` and ``selfcheck_reference_acc``: the replicas' classifiers
   now, and at the end of their supervised warm-up (the reference: what training on the
   labeled rows alone gives);
@@ -32,6 +32,14 @@ The main run's pseudo-labeled examples are weighted ``gate x ramp-up x confidenc
 no evidence either way the gate is ``(1/2 - FLOOR) / (1 - FLOOR)``, it rises towards 1 where
 LLP beats supervised training on the replicas and falls to 0 where it loses, which leaves
 the main run training on its labeled rows alone (supervised training, falling back).
+
+The source (``--pseudo-labels auto``). Where the inputs are small enough to propagate over
+(feature vectors, small images), two pseudo-labelings compete: the paper's propagation in
+the memory bank, re-propagated every step, and the inputs' own propagation by the
+propagation tool's default, computed once when LLP starts. When LLP starts and after every
+epoch the replicas score both on their probe rows (``selfcheck_bank_acc``,
+``selfcheck_input_acc``); the run and its replicas take their labels from the one with the
+higher mean over the last ``WINDOW`` scores (a tie keeps the current one).
 
 Cost: two replicas of half the rows each train as much as the run itself (one replica:
 half as much; ``--self-check-replicas``). Replicas run on every process of a
