@@ -70,6 +70,7 @@ class TrainConfig:
     pseudo_labels: str = "propagation"
     density_over: str = "unlabeled"
     self_check_replicas: int = 2
+    self_check_folds: int = 2
     backend: str = "auto"
     device: str = "auto"
     amp: bool = False
@@ -202,10 +203,13 @@ def _llp_flags(p, d: TrainConfig) -> None:
            "classifier: the classifier head (what the authors' release did)")
     g("--density-over", choices=["unlabeled", "all"], default=d.density_over,
       help="density over the T nearest unlabeled rows (paper) or over all rows (release)")
-    g("--self-check-replicas", type=int, choices=[0, 1, 2], default=d.self_check_replicas,
-      help="half-size replicas of the run, each holding out half of the labeled rows, whose held-out "
-           "accuracy gates the pseudo-labeled loss every epoch (llp.selfcheck); 0: no self-check, the "
-           "paper's LLP. Each replica adds about half the run's training time")
+    g("--self-check-replicas", type=int, default=d.self_check_replicas,
+      help="replicas of the run, each holding one fold of the labeled rows out, whose held-out accuracy "
+           "gates the pseudo-labeled loss every epoch (llp.selfcheck); 0: no self-check, the paper's LLP. "
+           "Each replica adds (folds - 1) / folds of the run's training time")
+    g("--self-check-folds", type=int, default=d.self_check_folds,
+      help="folds of the labeled rows; a replica keeps all but one of them labeled (and that share of the "
+           "unlabeled rows)")
 
 
 def _run_flags(p, d: TrainConfig) -> None:
@@ -230,6 +234,11 @@ def check(c: TrainConfig) -> None:
         raise ValueError(f"--labeled-fraction must lie in (0, 1], got {c.labeled_fraction}")
     if not 0.0 < c.test_fraction < 1.0:
         raise ValueError(f"--test-fraction must lie in (0, 1), got {c.test_fraction}")
+    if c.self_check_folds < 2:
+        raise ValueError(f"--self-check-folds must be >= 2, got {c.self_check_folds}")
+    if not 0 <= c.self_check_replicas <= c.self_check_folds:
+        raise ValueError(f"--self-check-replicas must lie in [0, --self-check-folds = {c.self_check_folds}], "
+                         f"got {c.self_check_replicas}")
     for name in ("k", "t", "epochs", "image_size", "workers", "plateau_patience"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")

@@ -73,22 +73,23 @@ class SubsetSource:
         return self.source.batch(self.rows[idx.cpu()], generator)
 
 
-def split_halves(labeled: Tensor, y: Tensor, seed: int) -> List[Tensor]:
-    """Two disjoint sets of labeled row ids (the probe halves): for each class with n >= 2
-    labeled rows, a random floor(n/2) of them go to half 0 and the rest to half 1; a
-    class with one labeled row is in neither."""
+def probe_folds(labeled: Tensor, y: Tensor, folds: int, seed: int) -> List[Tensor]:
+    """``folds`` disjoint sets of labeled row ids (sorted): the labeled rows of each class
+    with n >= 2 of them, shuffled, are dealt one by one into the folds from a random first
+    one, so a replica holding one fold out keeps n - ceil(n / folds) >= 1 of them labeled;
+    a class with one labeled row is in no fold."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.nonzero(labeled.cpu()).flatten()
-    halves: List[List[Tensor]] = [[], []]
+    parts: List[List[Tensor]] = [[] for _ in range(folds)]
     for c in torch.unique(y.cpu()[ids]).tolist():
         members = ids[y.cpu()[ids] == c]
         if len(members) < 2:
             continue
         members = members[torch.randperm(len(members), generator=g)]
-        cut = len(members) // 2
-        halves[0].append(members[:cut])
-        halves[1].append(members[cut:])
-    return [torch.sort(torch.cat(h)).values if h else torch.empty(0, dtype=torch.int64) for h in halves]
+        first = int(torch.randint(folds, (1,), generator=g))
+        for i, row in enumerate(members):
+            parts[(first + i) % folds].append(row.view(1))
+    return [torch.sort(torch.cat(p)).values if p else torch.empty(0, dtype=torch.int64) for p in parts]
 
 
 def posterior_gain(wins: float, losses: float) -> float:
@@ -261,23 +262,26 @@ def replica_seed(seed: int, r: int) -> int:
 
 def build_self_check(main, build_run) -> Optional[SelfCheck]:
     """The replicas of run ``main`` (``build_run(config, device, group, split)`` builds
-    each), or None when the config has no self-check or no class has two labeled rows."""
+    each), or None when the config has no self-check or no class has two labeled rows.
+    Replica r holds fold r of the labeled rows out (``probe_folds``) and keeps a share
+    (folds - 1) / folds of the unlabeled rows (all but part r of them), so that its
+    labeled fraction is the run's."""
     c = main.config
     if c.method != "llp" or c.self_check_replicas == 0:
         return None
     labeled = main.state.labeled.cpu()
     y = main.train_y.cpu()
-    halves = split_halves(labeled, y, replica_seed(c.seed, -1))
-    if min(len(h) for h in halves) == 0:
+    folds = probe_folds(labeled, y, c.self_check_folds, replica_seed(c.seed, -1))
+    if any(len(folds[r]) == 0 for r in range(c.self_check_replicas)):
         return None
     unlabeled = torch.nonzero(~labeled).flatten()
     g = torch.Generator().manual_seed(replica_seed(c.seed, -2))
-    unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=g)]
-    unlabeled_halves = [unlabeled[: len(unlabeled) // 2], unlabeled[len(unlabeled) // 2:]]
+    parts = unlabeled[torch.randperm(len(unlabeled), generator=g)].tensor_split(c.self_check_folds)
     replicas = []
     for r in range(c.self_check_replicas):
-        probe_rows = halves[r]
-        rows = torch.sort(torch.cat([torch.nonzero(labeled).flatten(), unlabeled_halves[r]])).values
+        probe_rows = folds[r]
+        kept = torch.cat([p for i, p in enumerate(parts) if i != r])
+        rows = torch.sort(torch.cat([torch.nonzero(labeled).flatten(), kept])).values
         local_labeled = labeled[rows].clone()
         position = torch.full((len(labeled),), -1, dtype=torch.int64)
         position[rows] = torch.arange(len(rows))

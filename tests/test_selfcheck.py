@@ -8,24 +8,26 @@ import torch
 from llp import train
 from llp.build import build_run
 from llp.config import TrainConfig
-from llp.selfcheck import FLOOR, build_self_check, gate_of, posterior_gain, split_halves
+from llp.selfcheck import FLOOR, build_self_check, gate_of, posterior_gain, probe_folds
 
 
-def test_probe_halves_are_disjoint_stratified_and_leave_every_class_labeled():
-    y = torch.tensor([0] * 5 + [1] * 2 + [2] * 1 + [3] * 4)
+@pytest.mark.parametrize("folds", [2, 4])
+def test_probe_folds_are_disjoint_stratified_and_leave_every_class_labeled(folds):
+    y = torch.tensor([0] * 5 + [1] * 2 + [2] * 1 + [3] * 9)
     labeled = torch.ones(len(y), dtype=torch.bool)
     labeled[0] = False                      # class 0 has 4 labeled rows
-    halves = split_halves(labeled, y, seed=3)
-    a, b = (set(h.tolist()) for h in halves)
-    assert not a & b
-    assert 7 not in a | b                   # the single labeled row of class 2 is never a probe
-    assert 0 not in a | b                   # unlabeled rows are never probes
-    for c, n in ((0, 4), (1, 2), (3, 4)):
+    parts = [set(p.tolist()) for p in probe_folds(labeled, y, folds, seed=3)]
+    assert sum(len(p) for p in parts) == len(set().union(*parts))          # disjoint
+    assert 7 not in set().union(*parts)     # the single labeled row of class 2 is never a probe
+    assert 0 not in set().union(*parts)     # unlabeled rows are never probes
+    for c, n in ((0, 4), (1, 2), (3, 9)):
         rows = set(torch.nonzero((y == c) & labeled).flatten().tolist())
-        assert len(rows & a) == n // 2 and len(rows & b) == n - n // 2
-        for half in (a, b):                 # the replica holding this half out keeps the rest labeled
-            assert rows - half
-    assert split_halves(labeled, y, seed=3)[0].tolist() == halves[0].tolist()
+        sizes = sorted(len(rows & p) for p in parts)
+        assert sum(sizes) == n and sizes[-1] - sizes[0] <= 1                # dealt evenly
+        for part in parts:                  # the replica holding this fold out keeps the rest labeled
+            assert rows - part
+    again = probe_folds(labeled, y, folds, seed=3)
+    assert [sorted(p) for p in parts] == [sorted(p.tolist()) for p in again]
 
 
 def test_gate_is_zero_without_evidence_and_follows_wins_and_losses():
@@ -38,13 +40,15 @@ def test_gate_is_zero_without_evidence_and_follows_wins_and_losses():
     assert all(0.0 <= gate_of(w, l) <= 1.0 for w in range(0, 60, 7) for l in range(0, 60, 11))
 
 
-def _run(fraction=0.05, replicas=2, method="llp"):
-    c = TrainConfig(labeled_fraction=fraction, self_check_replicas=replicas, method=method, quiet=True)
+def _run(fraction=0.05, replicas=2, method="llp", folds=2):
+    c = TrainConfig(labeled_fraction=fraction, self_check_replicas=replicas, method=method, quiet=True,
+                    self_check_folds=folds)
     return build_run(c, torch.device("cpu"), None)
 
 
-def test_replicas_are_half_size_copies_holding_one_probe_half_out():
-    main = _run()
+@pytest.mark.parametrize("folds", [2, 4])
+def test_replicas_keep_the_runs_labeled_fraction_and_hold_one_fold_out(folds):
+    main = _run(folds=folds)
     check = build_self_check(main, build_run)
     assert len(check.replicas) == 2
     labeled = main.state.labeled
@@ -53,13 +57,14 @@ def test_replicas_are_half_size_copies_holding_one_probe_half_out():
     for replica in check.replicas:
         state = replica.run.state
         n = len(state.labeled)
-        assert abs(n - (m_main + (n_main - m_main) / 2)) <= 1
+        assert abs(n - (m_main + (n_main - m_main) * (folds - 1) / folds)) <= 1
         assert not state.labeled[replica.probe].any()          # probes are unlabeled to the replica
         assert torch.equal(replica.run.train_y[replica.probe], replica.probe_y)
         assert set(replica.run.train_y[state.labeled].tolist()) == set(range(main.split.num_classes))
         probes.append(len(replica.probe))
     singletons = sum(1 for c in range(10) if int((main.train_y[labeled] == c).sum()) == 1)
-    assert sum(probes) == m_main - singletons                  # every other labeled row is a probe once
+    if folds == 2:                                             # every other labeled row is a probe once
+        assert sum(probes) == m_main - singletons
     assert main.gate == pytest.approx(gate_of(0, 0))
 
 
@@ -67,6 +72,7 @@ def test_no_replicas_for_supervised_runs_or_when_switched_off():
     assert build_self_check(_run(replicas=0), build_run) is None
     assert build_self_check(_run(method="supervised"), build_run) is None
     assert len(build_self_check(_run(replicas=1), build_run).replicas) == 1
+    assert len(build_self_check(_run(replicas=3, folds=4), build_run).replicas) == 3
 
 
 def test_a_closed_gate_leaves_the_labeled_rows_alone_in_the_loss():
