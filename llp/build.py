@@ -84,7 +84,7 @@ def build_run(c: TrainConfig, device: torch.device, group: Optional[Group],
     np.random.seed(c.seed)
     random.seed(c.seed)
     split = load_split(c) if split is None else split
-    net = build_model(split.kind, split.input_shape, split.num_classes).to(device)
+    net = build_model(split.kind, split.input_shape, split.num_classes, c.arch).to(device)
     model = net if group is None else torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None,
         # a warm-up leaves one head unused, and supervised training the embedding head

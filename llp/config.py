@@ -40,6 +40,7 @@ class TrainConfig:
     labeled_list: Optional[str] = None
     test_fraction: float = 0.2
     image_size: int = 224
+    arch: str = "auto"
     feature_noise: float = 0.0
     workers: int = 4
     follow_symlinks: bool = False
@@ -142,6 +143,9 @@ def _data_flags(p, d: TrainConfig) -> None:
     g("--test-fraction", type=float, default=d.test_fraction,
       help="held-out stratified test fraction (a fixed split; not for image folders with val/)")
     g("--image-size", type=int, default=d.image_size, help="--data: training crop size in pixels")
+    g("--arch", choices=["auto", "resnet18", "convnet"], default=d.arch,
+      help="images: ResNet-18 (auto for --data), or the small conv net of the built-in digits (auto for "
+           "them; for images of a few dozen pixels); --features always trains an MLP")
     g("--feature-noise", type=float, default=d.feature_noise,
       help="--features: augmentation, Gaussian noise of this standard deviation added to the standardised "
            "features of every training batch (0: none)")

@@ -26,11 +26,12 @@ class TwoHeadNet(nn.Module):
         return normalize_rows(self.embedding(h)), self.classifier(h)
 
 
-def small_convnet(num_classes: int, embed_dim: int = 128, width: int = 32) -> TwoHeadNet:
-    """For 8x8 single-channel images: three 3x3 conv blocks, global average pooling."""
+def small_convnet(num_classes: int, embed_dim: int = 128, width: int = 32, channels: int = 1) -> TwoHeadNet:
+    """For small images (8x8 digits; a few dozen pixels): three 3x3 conv blocks, global
+    average pooling."""
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    trunk = nn.Sequential(*block(1, width), *block(width, 2 * width), nn.MaxPool2d(2),
+    trunk = nn.Sequential(*block(channels, width), *block(width, 2 * width), nn.MaxPool2d(2),
                           *block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return TwoHeadNet(trunk, 4 * width, num_classes, embed_dim)
 
@@ -97,13 +98,16 @@ def resnet18(num_classes: int, embed_dim: int = 128, image_size: int = 224) -> T
     return TwoHeadNet(resnet18_trunk(small_images=image_size < 96), 512, num_classes, embed_dim)
 
 
-def build_model(kind: str, input_shape: tuple, num_classes: int) -> TwoHeadNet:
-    """The network for a data kind: digits -> small conv net, features -> MLP,
-    images -> ResNet-18."""
-    if kind == "digits":
-        return small_convnet(num_classes)
+ARCHS = ("auto", "resnet18", "convnet")
+
+
+def build_model(kind: str, input_shape: tuple, num_classes: int, arch: str = "auto") -> TwoHeadNet:
+    """The network for a data kind: digits -> small conv net, features -> MLP, images ->
+    ResNet-18; ``arch`` "convnet" or "resnet18" chooses for images."""
     if kind == "features":
         return mlp(input_shape[0], num_classes)
+    if arch == "convnet" or (arch == "auto" and kind == "digits"):
+        return small_convnet(num_classes, channels=input_shape[0])
     return resnet18(num_classes, image_size=input_shape[-1])
 
 

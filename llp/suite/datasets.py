@@ -172,8 +172,9 @@ SUITE: Dict[str, DataSet] = {d.name: d for d in [
     DataSet("digits", "the default: 8x8 digit images, a small conv net learns them well", "digits", None),
     DataSet("digits-flat", "the same digits as 64 flat features: an MLP, no augmentation", "features",
             write_digits_flat),
-    DataSet("digits-distorted", "rotated, shifted, noisy 16 px digits written as an image folder: ResNet-18",
-            "images", write_digits_distorted, ("--image-size", "8", "--workers", "1")),
+    DataSet("digits-distorted", "rotated, shifted, noisy digits written as an image folder of PNGs (--data; "
+            "the small conv net at 12 px)", "images", write_digits_distorted,
+            ("--image-size", "12", "--workers", "1", "--arch", "convnet")),
     DataSet("overlap", "10 classes of overlapping clusters: a small network learns poorly", "features",
             write_overlap),
     DataSet("sparse-signal", "6 classes whose signal is in 6 of 100 dimensions: raw neighbours are noise",
