@@ -96,20 +96,35 @@ def propagation_table(results: dict, space: str) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> None:
-    """One panel per data set: test top-1 against the labeled fraction for every
-    training method (mean over seeds, bars: std), and the all-labels level."""
+def _grid(datasets: List[str], draw, path: Path, xlabel: str, ylabel: str) -> None:
+    """One panel per data set, ``draw(ax, dataset)`` filling each, saved as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(results["train"])
     cols = min(4, len(datasets)) or 1
     rows = -(-len(datasets) // cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    for ax, dataset in zip(axes.flat, datasets):
+        draw(ax, dataset)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    axes.flat[0].set_xlabel(xlabel)
+    axes.flat[0].set_ylabel(ylabel)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot(results: dict, path: Path) -> None:
+    """One panel per data set: test top-1 against the labeled fraction for every
+    training method (mean over seeds, bars: std), and the all-labels level."""
     fractions = results["fractions"]
     xs = [100 * float(f) for f in fractions]
-    for ax, dataset in zip(axes.flat, datasets):
+
+    def draw(ax, dataset):
         for method, per_fraction in results["train"][dataset].items():
             stats = [mean_std(_top1(per_fraction.get(f, {}))) for f in fractions]
             pts = [(x, s[0] * 100, s[1] * 100) for x, s in zip(xs, stats) if s]
@@ -122,31 +137,18 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xticks(xs, [f"{x:g}%" for x in xs])
         ax.set_title(dataset, fontsize=9)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.axis("off")
-    axes.flat[0].set_ylabel("test top-1 %")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+    _grid(list(results["train"]), draw, path, "labeled", "test top-1 %")
 
 
 def plot_selfcheck(results: dict, path: Path, fraction: str, method: str = "llp") -> None:
     """One panel per data set at one labeled fraction: the true pseudo-label accuracy
-    per LLP epoch beside the self-check's estimate, and the gate
-    (first seed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    per LLP epoch beside the self-check's estimate, and the gate (first seed)."""
     datasets = [d for d, m in results["train"].items() if m.get(method, {}).get(fraction)]
     if not datasets:
         return
-    cols = min(4, len(datasets))
-    rows = -(-len(datasets) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
-    for ax, dataset in zip(axes.flat, datasets):
+
+    def draw(ax, dataset):
         seed, run = next(iter(results["train"][dataset][method][fraction].items()))
         for key, label, style in (("pseudo_acc", "pseudo-label acc. (truth)", "-"),
                                   ("selfcheck_acc", "self-check estimate", "--"),
@@ -157,11 +159,5 @@ def plot_selfcheck(results: dict, path: Path, fraction: str, method: str = "llp"
                 ax.plot(*zip(*pts), style, label=label)
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{dataset}, seed {seed}", fontsize=9)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.axis("off")
-    axes.flat[0].set_xlabel("LLP epoch")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+    _grid(datasets, draw, path, "LLP epoch", "accuracy / gate")
