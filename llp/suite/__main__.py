@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(runs.TRAIN_METHODS), choices=list(runs.TRAIN_METHODS))
     p.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
                    help="an extra LLP run with these llp.train flags (repeatable)")
+    p.add_argument("--train-flags", default="", metavar='"FLAGS"',
+                   help="flags added to every llp.train run (e.g. fewer epochs for a smoke test; the numbers "
+                        "are then not the suite's)")
     p.add_argument("--no-all-labels", action="store_true", help="skip the supervised runs with every label")
     p.add_argument("--no-propagation", action="store_true", help="skip the propagation methods")
     p.add_argument("--jobs", type=int, default=2, help="training runs at a time (CPU threads are shared out)")
@@ -68,10 +71,11 @@ def main(argv=None) -> dict:
         SUITE[name].prepare(data / name)
     methods = {m: runs.TRAIN_METHODS[m] for m in args.methods}
     methods.update(parse_variants(args.variant))
-    jobs = [runs.TrainRun(SUITE[d], f, s, m, tuple(flags))
+    extra = tuple(args.train_flags.split())
+    jobs = [runs.TrainRun(SUITE[d], f, s, m, tuple(flags) + extra)
             for d in args.datasets for f in args.fractions for s in args.seeds for m, flags in methods.items()]
     if not args.no_all_labels:
-        jobs += [runs.TrainRun(SUITE[d], 1.0, s, "all-labels", tuple(runs.ALL_LABELS))
+        jobs += [runs.TrainRun(SUITE[d], 1.0, s, "all-labels", tuple(runs.ALL_LABELS) + extra)
                  for d in args.datasets for s in args.seeds]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     export = not args.no_propagation

@@ -47,9 +47,16 @@ def train(run: TrainRun, data_folder: Path, out: Path, threads: int, export: boo
     last epoch's test accuracy and, for LLP, the per-epoch pseudo-label accuracy, the
     self-check's estimate of it and the pseudo-labeled loss weight."""
     folder = run.folder(out)
-    if not (folder / "done").exists():
-        flags = [*run.dataset.train_flags(data_folder), "--labeled-fraction", str(run.fraction),
-                 "--seed", str(run.seed), *run.flags, "--quiet", "--run-dir", str(folder / "run")]
+    flags = [*run.dataset.train_flags(data_folder), "--labeled-fraction", str(run.fraction),
+             "--seed", str(run.seed), *run.flags, "--quiet", "--run-dir", str(folder / "run")]
+    if (folder / "done").exists():
+        made_with = (folder / "flags.txt").read_text().split("\n") if (folder / "flags.txt").exists() else []
+        if made_with != flags:
+            raise SystemExit(f"error: {folder} holds a run made with other flags ({' '.join(made_with)}); "
+                             f"give another --out or remove it")
+        if export and not (folder / "export" / "embeddings.npy").exists():
+            raise SystemExit(f"error: {folder} was trained without exporting its embedding; remove it")
+    else:
         if export:
             flags += ["--export-embeddings", str(folder / "export")]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -57,6 +64,7 @@ def train(run: TrainRun, data_folder: Path, out: Path, threads: int, export: boo
         result = subprocess.run([sys.executable, "-c", code, *flags], env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"error: python -m llp.train {' '.join(flags)} failed:\n{result.stderr[-3000:]}")
+        (folder / "flags.txt").write_text("\n".join(flags[:-2] if export else flags))
         (folder / "done").write_text("")
     records = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
     llp_records = [r for r in records if "pseudo_acc" in r]
