@@ -133,17 +133,22 @@ class LLPState:
     def loss(self, idx: Tensor, embedding: Tensor, logits: Tensor,
              unlabeled_weight: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
         """mean_b w_b * (CE(logits_b, y_b) + L_A(v_b)) with w_b = c_b (1 for labeled rows,
-        ``unlabeled_weight`` * c_b for pseudo-labeled ones; at weight 0 the pseudo-labels are
-        not aggregation targets either); returns (loss, ce, agg) means."""
+        ``unlabeled_weight`` = u times c_b for pseudo-labeled ones); returns (loss, ce, agg)
+        means. The pseudo-labels also enter a labeled row's aggregation loss, as members
+        of its class: there u mixes ``(1 - u) L_A(v | labeled rows of its class) + u L_A(v |
+        every row labeled or pseudo-labeled so)``, so that at u = 0 nothing of the
+        pseudo-labels is left (supervised training) and at u = 1 it is the paper's loss."""
+        u = unlabeled_weight
+        labeled = self.labeled[idx]
         y = self.labels[idx]
         weight = self.confidence[idx] if self.config.use_confidence else torch.ones_like(self.confidence[idx])
-        if unlabeled_weight != 1.0:
-            weight = torch.where(self.labeled[idx], weight, weight * unlabeled_weight)
+        if u != 1.0:
+            weight = torch.where(labeled, weight, weight * u)
         ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        # With no weight on pseudo-labels they leave the aggregation targets too: a labeled
-        # row then gathers with the labeled rows of its class only (supervised training).
-        bank_labels = self.labels if unlabeled_weight > 0 else torch.where(self.labeled, self.labels, -1)
-        agg = self.bank.aggregation_loss(embedding, y, bank_labels)
+        agg = self.bank.aggregation_loss(embedding, y, self.labels) if u > 0 else None
+        if u < 1:
+            among_labeled = self.bank.aggregation_loss(embedding, y, torch.where(self.labeled, self.labels, -1))
+            agg = among_labeled if agg is None else torch.where(labeled, (1 - u) * among_labeled + u * agg, agg)
         total = (weight * (ce + agg)).mean()
         return total, ce.mean().detach(), agg.mean().detach()
 

@@ -75,21 +75,22 @@ def test_no_replicas_for_supervised_runs_or_when_switched_off():
     assert len(build_self_check(_run(replicas=3, folds=4), build_run).replicas) == 3
 
 
-def test_a_closed_gate_leaves_the_labeled_rows_alone_in_the_loss():
+def test_the_weight_scales_the_pseudo_labels_wherever_they_enter_the_loss():
     main = _run()
     state = main.state
     state.propagate()
     idx = torch.arange(64)
     emb = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
     logits = torch.randn(64, 10)
-    ce = torch.nn.functional.cross_entropy(logits, state.labels[idx], reduction="none")
-    conf = state.confidence[idx]
-    for weight in (0.0, 0.25):
-        total, _, _ = state.loss(idx, emb, logits, unlabeled_weight=weight)
-        # a closed gate: pseudo-labels are neither weighted nor aggregation targets
-        targets = state.labels if weight > 0 else torch.where(state.labeled, state.labels, -1)
-        agg = main.state.bank.aggregation_loss(emb, state.labels[idx], targets)
-        w = torch.where(state.labeled[idx], conf, weight * conf)
+    y, lab, conf = state.labels[idx], state.labeled[idx], state.confidence[idx]
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    everyone = main.state.bank.aggregation_loss(emb, y, state.labels)
+    labeled_only = main.state.bank.aggregation_loss(emb, y, torch.where(state.labeled, state.labels, -1))
+    assert lab.any() and (~lab).any()
+    for u in (0.0, 0.25, 1.0):
+        total, _, _ = state.loss(idx, emb, logits, unlabeled_weight=u)
+        agg = torch.where(lab, (1 - u) * labeled_only + u * everyone, everyone)
+        w = torch.where(lab, conf, u * conf)
         assert total.item() == pytest.approx((w * (ce + agg)).mean().item(), rel=1e-5)
 
 
