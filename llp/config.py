@@ -26,7 +26,7 @@ MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")
 # Flags that may change when a run resumes: how long, how verbose, where, with which
 # kernels, and what to export at the end.
 # A field a run saved before it existed had this value (the behaviour of the code then).
-LEGACY = {"self_check_replicas": 0}
+LEGACY = {"self_check_replicas": 0, "self_check_folds": 2, "feature_noise": 0.0, "arch": "auto"}
 RESUMABLE = ("epochs", "quiet", "device", "backend", "workers", "amp", "matmul_precision", "export_embeddings")
 
 
@@ -41,7 +41,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     image_size: int = 224
     arch: str = "auto"
-    feature_noise: float = 0.0
+    feature_noise: float = 0.5
     workers: int = 4
     follow_symlinks: bool = False
     strict_images: bool = False
@@ -68,7 +68,7 @@ class TrainConfig:
     ramp_up_epochs: float = 20.0
     no_density_weighting: bool = False
     no_confidence: bool = False
-    pseudo_labels: str = "propagation"
+    pseudo_labels: str = "auto"
     density_over: str = "unlabeled"
     self_check_replicas: int = 2
     self_check_folds: int = 2
