@@ -36,6 +36,7 @@ class Run:
     train_y: torch.Tensor       # ground truth of every training row, for metrics only
     test_y: torch.Tensor
     gate: float = 1.0           # the self-check's weight on the pseudo-labeled loss (llp.selfcheck)
+    checked: bool = False       # a self-check chooses this run's pseudo-label source
 
     @property
     def is_main(self) -> bool:

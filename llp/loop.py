@@ -63,14 +63,18 @@ INPUT_VALUES = 4096
 def start_llp(run: Run) -> None:
     """LLP begins: optionally a fresh bank, then densities and every first pseudo-label.
     With ``--pseudo-labels input`` or ``auto`` the inputs' own propagation is computed
-    too; ``input`` starts from it, ``auto`` from the bank (the self-check may switch)."""
+    too. ``input`` starts from it; ``auto`` from the bank when a self-check will choose
+    (it may switch), else from the inputs where they can be propagated over: chosen by
+    cross-validation and fixed, they cannot drift with the network, as an unchecked
+    bank's labels can."""
     c, state = run.config, run.state
     if c.bank_refresh != "never" or (c.warmup > 0 and c.warmup_objective == "supervised"):
         refresh_bank(run)
     state.update_density()
     if c.pseudo_labels in ("input", "auto") and input_values(run) <= INPUT_VALUES:
         state.input_labels, state.input_conf = input_propagation(run)
-    state.use_source("input" if c.pseudo_labels == "input" else "propagation")
+    unchecked_auto = c.pseudo_labels == "auto" and not run.checked and state.input_labels is not None
+    state.use_source("input" if c.pseudo_labels == "input" or unchecked_auto else "propagation")
 
 
 def input_values(run: Run) -> int:

@@ -118,6 +118,7 @@ class SelfCheck:
 
     def __init__(self, main, replicas: List[Replica]):
         self.main, self.replicas = main, replicas
+        main.checked = True
         self.counts: List[List[float]] = []  # [wins, losses] of each LLP epoch so far
         self.sources: List[List[float]] = []  # [bank, input] probe accuracy of each LLP epoch
         self.main.gate = gate_of(0.0, 0.0)

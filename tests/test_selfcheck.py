@@ -148,3 +148,11 @@ def test_inputs_too_large_to_propagate_over_are_refused():
     run.split.input_shape = (INPUT_VALUES + 1,)
     with pytest.raises(ValueError, match="too many to propagate over"):
         input_propagation(run)
+
+
+def test_auto_without_a_self_check_takes_the_inputs_labels():
+    from llp.loop import start_llp
+
+    run = build_run(TrainConfig(labeled_fraction=0.05, self_check_replicas=0, quiet=True), torch.device("cpu"), None)
+    start_llp(run)
+    assert run.config.pseudo_labels == "auto" and run.state.source == "input"
