@@ -10,7 +10,7 @@ exported. It writes ``OUT/results.json`` (every number), ``OUT/table.md`` and tw
 Defaults are chosen on seeds 0-2 only; the README reports seeds 3-7 (``--seeds 3 4 5 6 7``).
 ``--quick`` runs every data set at 2% and 10% labels with one seed (under 30 minutes on 2
 cores). ``--variant NAME="FLAGS"`` adds an LLP run with extra ``llp.train`` flags (an
-ablation), e.g. ``--variant 'no self-check=--self-check off'``.
+ablation), e.g. ``--variant 'no self-check=--self-check-replicas 0'``.
 """
 from __future__ import annotations
 
