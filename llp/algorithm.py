@@ -14,12 +14,14 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from llp_kernels.defaults import K, T, TAU
+
 
 @dataclass(frozen=True)
 class LLPConfig:
-    tau: float = 0.07
-    k: int = 10
-    t: int = 25
+    tau: float = TAU
+    k: int = K
+    t: int = T
     density_weighting: bool = True   # False: NoDW ablation (plain weighted kNN)
     use_confidence: bool = True      # False: NoC ablation (every weight 1)
     density_over: str = "unlabeled"  # or "all" (the authors' release)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import llp_kernels as lk
 from llp_kernels import _validate as rules
+from llp_kernels.defaults import BANK_MOMENTUM, K, T, TAU
 
+from .cli import Parser, add_backend, add_device, add_k, add_t, add_tau, flag_of
 from .inputs import existing_file, output_dir
 from .schedule import LRSchedule, parse_boundaries
 
@@ -57,10 +58,10 @@ class TrainConfig:
     rate_jump_lr: float = 0.003
     warmup_epochs: int = 60
     warmup_objective: str = "supervised"
-    tau: float = 0.07
-    k: int = 10
-    t: int = 25
-    bank_momentum: float = 0.5
+    tau: float = TAU
+    k: int = K
+    t: int = T
+    bank_momentum: float = BANK_MOMENTUM
     bank_dtype: str = "auto"
     bank_init: str = "forward"
     bank_refresh: str = "never"
@@ -107,23 +108,8 @@ class TrainConfig:
 DEFAULTS = TrainConfig()
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default once: not for flags without one, nor when the help states it."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line, with a hint, instead of argparse's usage block."""
-        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m llp.train", formatter_class=_Help, description=(
+    p = Parser(prog="python -m llp.train", description=(
         "Local Label Propagation end to end (paper section 3, appendix A). Default: "
         "scikit-learn's bundled digits (1,797 8x8 images), 10% labels, a small conv net."))
     p.add_argument("--method", choices=["llp", "supervised"], default=DEFAULTS.method,
@@ -183,9 +169,9 @@ def _warm_start_flags(p, d: TrainConfig) -> None:
 
 def _llp_flags(p, d: TrainConfig) -> None:
     g = p.add_argument_group("LLP").add_argument
-    g("--tau", type=float, default=d.tau, help="temperature of the non-parametric softmax")
-    g("--k", type=int, default=d.k, help="K labeled neighbours that vote in propagation")
-    g("--t", type=int, default=d.t, help="T nearest unlabeled rows in the local density")
+    add_tau(g, of="non-parametric softmax")
+    add_k(g, note=" in propagation")
+    add_t(g)
     g("--bank-momentum", type=float, default=d.bank_momentum, help="memory-bank running-average momentum")
     g("--bank-dtype", choices=BANK_DTYPES, default=d.bank_dtype,
       help="storage dtype of the memory bank; auto: bfloat16 on CUDA (half the bytes the aggregation "
@@ -218,8 +204,8 @@ def _llp_flags(p, d: TrainConfig) -> None:
 
 def _run_flags(p, d: TrainConfig) -> None:
     g = p.add_argument_group("run").add_argument
-    g("--backend", choices=("auto",) + lk.BACKENDS, default=d.backend, help="llp_kernels backend")
-    g("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="where to train")
+    add_backend(g)
+    add_device(g, to="train")
     g("--amp", action="store_true", help="bf16 autocast for the network (CUDA; also allowed on CPU)")
     g("--matmul-precision", choices=MATMUL_PRECISIONS, default=d.matmul_precision,
       help="torch.set_float32_matmul_precision for the network and the fp32 kernels; auto: high (TF32) "
@@ -245,19 +231,19 @@ def check(c: TrainConfig) -> None:
                          f"got {c.self_check_replicas}")
     for name in ("k", "t", "epochs", "image_size", "workers", "plateau_patience"):
         if getattr(c, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+            raise ValueError(f"{flag_of(name)} must be >= 1, got {getattr(c, name)}")
     if c.batch_size < 2:
         raise ValueError(f"--batch-size must be >= 2 (batch norm cannot train on one row), got {c.batch_size}")
     if c.warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
     for name in ("ramp_up_epochs", "momentum", "weight_decay", "feature_noise"):
         if not (math.isfinite(getattr(c, name)) and getattr(c, name) >= 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(c, name)}")
+            raise ValueError(f"{flag_of(name)} must be a finite number >= 0, got {getattr(c, name)}")
     if not 0 <= c.seed < 2 ** 32:
         raise ValueError(f"--seed must lie in [0, 2**32), got {c.seed}")
     rules.temperature("--tau", c.tau)
     for name in ("lr", "rate_jump_lr"):
-        rules.positive_float(f"--{name.replace('_', '-')}", getattr(c, name))
+        rules.positive_float(flag_of(name), getattr(c, name))
     rules.unit_interval("--bank-momentum", c.bank_momentum)
     LRSchedule(c.lr, parse_boundaries(c.lr_drops, "--lr-drops", 3), parse_boundaries(c.rate_jump, "--rate-jump", 3))
     _check_paths(c)
@@ -355,12 +341,11 @@ def resumed_config(saved: dict, given: dict, resume: str) -> TrainConfig:
         if name in ("resume", "run_dir") or value == merged.get(name):
             continue
         if name not in RESUMABLE:
-            flag = "--" + name.replace("_", "-")
-            allowed = ", ".join("--" + r.replace("_", "-") for r in RESUMABLE)
-            print(f"error: --resume {resume}: {flag} {value} differs from the saved run's "
+            allowed = ", ".join(flag_of(r) for r in RESUMABLE)
+            print(f"error: --resume {resume}: {flag_of(name)} {value} differs from the saved run's "
                   f"{merged.get(name)!r}; only {allowed} may change on resume", file=sys.stderr)
             raise SystemExit(2)
-        print(f"--resume: using --{name.replace('_', '-')} {value} (saved run: {merged.get(name)!r})",
+        print(f"--resume: using {flag_of(name)} {value} (saved run: {merged.get(name)!r})",
               file=sys.stderr)
         merged[name] = value
     merged.update(run_dir=resume, resume=resume)

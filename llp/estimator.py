@@ -27,6 +27,8 @@ from . import diffusion
 from .method_choice import choose
 from .propagation import Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit, stream_votes
 
+_D = Settings()  # every parameter but ``device`` defaults as the tool's flag does
+
 
 def _unlabeled(y: np.ndarray) -> np.ndarray:
     """-1 marks an unlabeled sample (as in ``sklearn.semi_supervised``); string labels have none."""
@@ -68,6 +70,9 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
         exponent, diffusion weight, conjugate-gradient iterations per class and tolerance, and
         whether its neighbours are by cosine similarity or Euclidean distance.
 
+    Each parameter but ``device`` defaults to the propagation tool's default
+    (``llp.propagation.Settings``; k, t and tau: ``llp_kernels.defaults``).
+
     Attributes
     ----------
     classes_ : [C] the labels seen (y != -1), sorted.
@@ -80,9 +85,9 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
     n_features_in_ : int.
     """
 
-    def __init__(self, method="auto", k=10, t=25, tau=0.07, backend="auto", device="auto",
-                 chunk_rows=65536, graph_k=10, gamma=3.0, alpha=0.9, cg_iters=20, cg_tol=1e-6,
-                 metric="cosine"):
+    def __init__(self, method=_D.method, k=_D.k, t=_D.t, tau=_D.tau, backend=_D.backend, device="auto",
+                 chunk_rows=_D.chunk_rows, graph_k=_D.graph_k, gamma=_D.gamma, alpha=_D.alpha,
+                 cg_iters=_D.cg_iters, cg_tol=_D.cg_tol, metric=_D.metric):
         self.method = method
         self.k = k
         self.t = t
@@ -98,9 +103,7 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
         self.metric = metric
 
     def _settings(self) -> Settings:
-        s = Settings(method=self.method, k=self.k, t=self.t, tau=self.tau, backend=self.backend,
-                     chunk_rows=self.chunk_rows, graph_k=self.graph_k, gamma=self.gamma,
-                     alpha=self.alpha, cg_iters=self.cg_iters, cg_tol=self.cg_tol, metric=self.metric)
+        s = Settings(**{name: getattr(self, name) for name in Settings.__dataclass_fields__})
         check_settings(s)
         return s
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import llp_kernels as lk
+from llp_kernels.defaults import K, TAU
 
 from . import diffusion
 from .propagation import Comm, Problem, Settings, labeled_rows_and_density_pass, log_density_of, no_progress
@@ -45,7 +46,8 @@ FOLD_SEED = 20200101
 # seeds 0-2 (python -m llp.suite), relative to scikit-learn's LabelSpreading(kernel="knn"):
 # euclidean diffusion alpha 0.9 +5.6 points, alpha 0.5 +3.8, cosine diffusion graph_k=10
 # +3.4, graph_k=50 alpha 0.5 +3.2; votes: llp k=20 tau=0.2 +2.9, knn k=20 +2.5, llp k=10
-# +1.1, knn k=10 +1.1. (DLP's own setting, graph_k=50 alpha=0.99, -3.8, is not a candidate.)
+# +1.1, knn k=10 +1.1 (these two at the method's defaults, ``llp_kernels.defaults``, then
+# k=10 tau=0.07). (DLP's own setting, graph_k=50 alpha=0.99, -3.8, is not a candidate.)
 DIFFUSION_CANDIDATES: Tuple[Tuple[str, dict], ...] = (
     ("diffusion euclidean graph_k=10 alpha=0.9", dict(method="diffusion", metric="euclidean", graph_k=10,
                                                       alpha=0.9)),
@@ -57,8 +59,8 @@ DIFFUSION_CANDIDATES: Tuple[Tuple[str, dict], ...] = (
 VOTE_CANDIDATES: Tuple[Tuple[str, dict], ...] = (
     ("llp k=20 tau=0.2", dict(method="llp", k=20, tau=0.2)),
     ("knn k=20 tau=0.2", dict(method="knn", k=20, tau=0.2)),
-    ("llp k=10 tau=0.07", dict(method="llp", k=10, tau=0.07)),
-    ("knn k=10 tau=0.07", dict(method="knn", k=10, tau=0.07)),
+    (f"llp k={K} tau={TAU}", dict(method="llp", k=K, tau=TAU)),
+    (f"knn k={K} tau={TAU}", dict(method="knn", k=K, tau=TAU)),
 )
 
 

@@ -28,10 +28,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-import llp_kernels as lk
-
 from . import diffusion, distributed, method_choice
-from .config import _Help, _Parser
+from .cli import Parser, add_backend, add_device, add_k, add_t, add_tau, flag_of
 from .inputs import InputError, class_ids_below_bound, existing_file, output_dir, read_positions, usable_backend
 from .propagation import (METHODS, METRICS, Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit,
                           no_progress, stream_votes)
@@ -48,9 +46,9 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_parser() -> _Parser:
+def build_parser() -> Parser:
     d = Settings()
-    p = _Parser(prog=PROG, formatter_class=_Help, description=(
+    p = Parser(prog=PROG, description=(
         "Pseudo-labels and confidences for the unlabeled rows of an embedding file (Local Label "
         "Propagation, paper eq. 4-5). Rows are read memory-mapped, --chunk-rows at a time, and "
         "L2-normalised on the fly per chunk (similarity = cosine); only the labeled rows are held in "
@@ -77,9 +75,9 @@ def build_parser() -> _Parser:
            "density-weighted vote of the K nearest labeled rows (eq. 5); knn: the same without density "
            "(NoDW); ratio: the paper's ratio-based weighting P_R = P M/(N-M), whose constant factor gives knn's "
            "votes; diffusion: DLP-style diffusion on a kNN graph of all rows")
-    g("--k", type=int, default=d.k, help="K labeled neighbours that vote (at most the number of labeled rows)")
-    g("--t", type=int, default=d.t, help="T nearest unlabeled rows in the local density (clamped to their number)")
-    g("--tau", type=float, default=d.tau, help="temperature of the similarities")
+    add_k(g, note=" (at most the number of labeled rows)")
+    add_t(g, note=" (clamped to their number)")
+    add_tau(g, of="similarities")
     g("--graph-k", type=int, default=d.graph_k, help="diffusion: neighbours of each row in the graph (DLP: 50; see README)")
     g("--gamma", type=float, default=d.gamma, help="diffusion: edge weight max(s, 0)^gamma (default 3, as DLP)")
     g("--alpha", type=float, default=d.alpha, help="diffusion: solve (I - alpha W) F = Y (DLP: 0.99, which over-smooths on small data sets; see README)")
@@ -89,16 +87,14 @@ def build_parser() -> _Parser:
       "of the normalised rows, or by Euclidean distance of the rows as stored (edges of weight 1)")
     g = p.add_argument_group("run").add_argument
     g("--chunk-rows", type=int, default=d.chunk_rows, help="rows read and scored at a time (bounds the memory)")
-    g("--backend", choices=("auto",) + lk.BACKENDS, default=d.backend, help="llp_kernels backend")
-    g("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to compute")
+    add_backend(g)
+    add_device(g, to="compute")
     g("--quiet", action="store_true", help="no progress bar and no printed report")
     return p
 
 
 def settings_of(args) -> Settings:
-    return Settings(method=args.method, k=args.k, t=args.t, tau=args.tau, backend=args.backend,
-                    chunk_rows=args.chunk_rows, graph_k=args.graph_k, gamma=args.gamma, alpha=args.alpha,
-                    cg_iters=args.cg_iters, cg_tol=args.cg_tol, metric=args.metric)
+    return Settings(**{name: getattr(args, name) for name in Settings.__dataclass_fields__})
 
 
 AUTO_CHOOSES = ("--k", "--tau", "--graph-k", "--alpha", "--metric")
@@ -109,7 +105,7 @@ def parse(argv: Optional[List[str]] = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
-        check_settings(settings_of(args), flag=lambda name: "--" + name.replace("_", "-"))
+        check_settings(settings_of(args), flag=flag_of)
         given = [f for f in AUTO_CHOOSES if any(a == f or a.startswith(f + "=") for a in argv)]
         if args.method == "auto" and given:
             raise ValueError(f"{given[0]}: --method auto chooses {', '.join(AUTO_CHOOSES)} itself; give "

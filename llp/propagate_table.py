@@ -33,14 +33,14 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .config import _Help, _Parser
+from .cli import Parser
 
 METHODS = ("llp", "knn", "ratio", "diffusion", "label spreading")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m llp.propagate_table", formatter_class=_Help,
-                description="Propagation methods on fixed digits features (the paper's table-5 protocol).")
+    p = Parser(prog="python -m llp.propagate_table",
+               description="Propagation methods on fixed digits features (the paper's table-5 protocol).")
     a = p.add_argument
     a("--features", default="pixels", help="comma-separated: pixels, embedding")
     a("--embedding-dir", metavar="DIR", help="output of python -m llp.train --export-embeddings DIR "

@@ -45,6 +45,7 @@ from torch import Tensor
 
 import llp_kernels as lk
 from llp_kernels import _validate as check
+from llp_kernels.defaults import K, T, TAU
 
 from .distributed import Group, all_min, all_sum, gather_rows, merged_topk_values, row_counts
 
@@ -56,9 +57,9 @@ METRICS = ("cosine", "euclidean")
 class Settings:
     """What a propagation run computes; the CLI flags and the estimator's parameters."""
     method: str = "auto"
-    k: int = 10
-    t: int = 25
-    tau: float = 0.07
+    k: int = K
+    t: int = T
+    tau: float = TAU
     backend: str = "auto"
     chunk_rows: int = 65536
     graph_k: int = 10

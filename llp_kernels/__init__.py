@@ -1,16 +1,19 @@
 """llp_kernels: fused memory-bank kernels for Local Label Propagation.
 
-    loss = aggregation_loss(queries, bank, bank_labels, query_labels, tau=0.07)   # [B], autograd
-    vals, idx = topk_similarity(queries, keys, k, tau=0.07, key_bias=None)         # [Q,k], [Q,k]
-    log_density = local_density(labeled, unlabeled, t=25, tau=0.07)               # [M]
-    labels, conf = propagate_labels(queries, labeled, labeled_labels, log_density, k=10)
-    update_memory_bank_(bank, indices, embeddings, momentum=0.5)                   # in place
+    loss = aggregation_loss(queries, bank, bank_labels, query_labels, tau)   # [B], autograd
+    vals, idx = topk_similarity(queries, keys, k, tau, key_bias=None)         # [Q,k], [Q,k]
+    log_density = local_density(labeled, unlabeled, t, tau)                  # [M]
+    labels, conf = propagate_labels(queries, labeled, labeled_labels, log_density, k, tau)
+    update_memory_bank_(bank, indices, embeddings, momentum)                  # in place
     unit = normalize_rows(x)        # x / ||x|| per row, right for every finite row
+
+``tau``, ``k``, ``t`` and ``momentum`` default to the method's settings, ``TAU``, ``K``,
+``T`` and ``BANK_MOMENTUM`` of ``llp_kernels.defaults``.
 
 Every function takes ``backend="auto"|"reference"|"cpu"|"triton"|"cuda"``; the environment
 variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what runs here.
 """
-from . import reference
+from . import defaults, reference
 from ._normalize import normalize_rows
 from ._dispatch import BACKENDS, OPS, available_backends, unusable_reason, usable_backends
 from .ops import (
@@ -34,6 +37,7 @@ __all__ = [
     "aggregation_lse",
     "available_backends",
     "class_vote",
+    "defaults",
     "local_density",
     "normalize_rows",
     "propagate_labels",

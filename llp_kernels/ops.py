@@ -23,6 +23,7 @@ from . import _validate as check
 from . import reference
 from ._dispatch import Call, record, resolve, resolve_device
 from ._lse import backward_inputs
+from .defaults import BANK_MOMENTUM, K, T, TAU
 from .reference import last_occurrence_mask
 
 __all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "class_vote", "local_density",
@@ -191,7 +192,7 @@ def _check_aggregation_inputs(queries, bank, bank_labels, query_labels, tau):
 
 
 def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     tau: float = 0.07, *, backend: str = "auto") -> Tensor:
+                     tau: float = TAU, *, backend: str = "auto") -> Tensor:
     """Aggregation loss ``L_A = -log P(A|v)`` per query (paper eq. 1-2), differentiable.
 
     ``loss[b] = logsumexp_j s_bj - logsumexp_{j: bank_labels[j] == query_labels[b]} s_bj``
@@ -210,7 +211,7 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
 
 
 def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                    tau: float = 0.07, *, backend: str = "auto") -> Tuple[Tensor, Tensor]:
+                    tau: float = TAU, *, backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """``(lse_all, lse_same)`` [B] fp32 for this bank or bank shard.
 
     Shards combine with ``torch.logaddexp`` across ranks; the loss is
@@ -224,7 +225,7 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, tau: float = 0.07,
+                     lse_all: Tensor, lse_same: Tensor, tau: float = TAU,
                      grad_output: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
     """This bank (shard)'s part of ``d(sum_b g_b loss[b]) / d queries`` [B, D], given the
     global ``lse_all``/``lse_same`` [B]; ``grad_output`` g [B] defaults to ones. Shards'
@@ -245,7 +246,7 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
         lse_same.float().contiguous(), grad_output.float().contiguous(), tau, name)
 
 
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
+def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = TAU,
                     key_bias: Optional[Tensor] = None, *,
                     backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """The k largest ``queries[q] . keys[j] / tau - key_bias[j]`` per query, streamed.
@@ -267,7 +268,7 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
                                          k, tau, key_bias, name)
 
 
-def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 0.07, *,
+def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = TAU, *,
                   backend: str = "auto") -> Tensor:
     """Log local density of each labeled row (paper eq. 4), fp32 [M].
 
@@ -286,7 +287,7 @@ def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 
 
 
 def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
-                     log_density: Optional[Tensor], k: int = 10, tau: float = 0.07,
+                     log_density: Optional[Tensor], k: int = K, tau: float = TAU,
                      num_classes: Optional[int] = None, *,
                      backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """Density-weighted label propagation (paper eq. 5): pseudo-labels and confidences.
@@ -339,7 +340,7 @@ def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[i
 
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float = 0.5, *, backend: str = "auto") -> Tensor:
+                        momentum: float = BANK_MOMENTUM, *, backend: str = "auto") -> Tensor:
     """In place: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` (Wu et al. 2018).
 
     bank [N, D] contiguous float32/bf16/fp16, indices [B] int in [0, N), embeddings [B, D]

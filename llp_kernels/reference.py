@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ._lse import backward_inputs
+from .defaults import BANK_MOMENTUM, K, T, TAU
 from ._normalize import normalize_rows
 from .backends._record import Backend
 
@@ -46,7 +47,7 @@ def _same_label_mask(bank_labels: Tensor, query_labels: Tensor) -> Tensor:
 
 
 def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                    tau: float = 0.07) -> Tuple[Tensor, Tensor]:
+                    tau: float = TAU) -> Tuple[Tensor, Tensor]:
     """The two log-sum-exps of the aggregation loss (paper eq. 1-2).
 
     ``lse_all[b]  = logsumexp_j s(q_b, bank_j)`` over all N rows,
@@ -64,7 +65,7 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
 
 
 def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     tau: float = 0.07) -> Tensor:
+                     tau: float = TAU) -> Tensor:
     """Aggregation loss ``L_A(v) = -log P(A | v)`` (paper eq. 1-2), per query [B].
 
     ``loss[b] = lse_all[b] - lse_same[b] >= 0``; ``+inf`` when no bank row carries
@@ -87,7 +88,7 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
 
 
 def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, tau: float = 0.07,
+                     lse_all: Tensor, lse_same: Tensor, tau: float = TAU,
                      grad_output: Optional[Tensor] = None) -> Tensor:
     """``d(sum_b g_b loss[b]) / dq`` for this bank (or shard), given the global LSEs.
 
@@ -115,7 +116,7 @@ def scaled_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
     return weights @ bank.to(dtype)
 
 
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = 0.07,
+def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = TAU,
                     key_bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The k largest ``s(q, key_j) - key_bias[j]`` per query.
 
@@ -139,7 +140,7 @@ def rank_descending(scores: Tensor) -> Tensor:
     return torch.gather(order, 1, nan_last)
 
 
-def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 0.07) -> Tensor:
+def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = TAU) -> Tensor:
     """Log local density of each labeled point (paper eq. 4), [M].
 
     ``log_density[i] = logsumexp_{k in N_T(l_i)} s(l_i, u_k)`` over the T most similar
@@ -152,7 +153,7 @@ def local_density(labeled: Tensor, unlabeled: Tensor, t: int = 25, tau: float = 
 
 
 def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
-                     log_density: Optional[Tensor], k: int = 10, tau: float = 0.07,
+                     log_density: Optional[Tensor], k: int = K, tau: float = TAU,
                      num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """Density-weighted label propagation (paper eq. 5), per query.
 
@@ -216,7 +217,7 @@ def last_occurrence_mask(indices: Tensor) -> Tensor:
 
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float = 0.5) -> Tensor:
+                        momentum: float = BANK_MOMENTUM) -> Tensor:
     """Memory-bank update (Wu et al. 2018), in place, returns ``bank``.
 
     ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` for each ``(i, v)`` of
