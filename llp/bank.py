@@ -27,6 +27,7 @@ from torch import Tensor
 
 import llp_kernels as lk
 
+from . import density
 from .distributed import Group, all_sum, gather_rows, row_counts
 
 
@@ -165,7 +166,7 @@ class ShardedBank:
     def log_density(self, labeled_ids: Tensor, other_ids: Optional[Tensor], t: int) -> Tensor:
         others = torch.arange(self.rows, device=self.data.device) if other_ids is None else other_ids
         values, _ = self._merged_topk(self.fetch(labeled_ids), others, min(t, self._count(other_ids)))
-        return torch.logsumexp(values, dim=1)
+        return density.log_density(values)
 
     def propagate(self, queries: Tensor, labeled_ids: Tensor, labeled_labels: Tensor,
                   log_density: Optional[Tensor], k: int, num_classes: int) -> Tuple[Tensor, Tensor]:

@@ -16,7 +16,7 @@ first candidate is used.
 
 - vote candidates (``llp``, ``knn``): one density pass gives every labeled row its T best
   cosine similarities to unlabeled rows; the density at any tau follows from them
-  (``propagation.log_density_of``), and a fold's rows vote among the other folds'
+  (``llp.density.log_density``), and a fold's rows vote among the other folds'
   labeled rows: M x M similarities, no further pass over the unlabeled rows;
 - diffusion candidates, only when every row fits in memory (N <= ``DIFFUSION_ROWS``): the
   kNN graph of each metric is built once (for the largest ``graph_k``, narrower graphs are
@@ -35,7 +35,8 @@ import llp_kernels as lk
 from llp_kernels.defaults import K, TAU
 
 from . import diffusion
-from .propagation import Comm, Problem, Settings, labeled_rows_and_density_pass, log_density_of, no_progress
+from .density import log_density
+from .propagation import Comm, Problem, Settings, labeled_rows_and_density_pass, no_progress
 
 FOLDS = 5
 DIFFUSION_ROWS = 50_000
@@ -134,7 +135,7 @@ def _vote_score(labeled: torch.Tensor, classes: torch.Tensor, top: torch.Tensor,
                 fold: np.ndarray) -> float:
     """Share of the held-out labeled rows the vote gets right, each fold voted by the
     labeled rows outside it (the density of each labeled row is its own, as in a run)."""
-    bias = log_density_of(top, s.tau) if s.method == "llp" else None
+    bias = log_density(top / s.tau) if s.method == "llp" else None
     fold_t = torch.from_numpy(fold).to(labeled.device)
     right = 0
     for f in range(FOLDS):

@@ -47,6 +47,7 @@ import llp_kernels as lk
 from llp_kernels import _validate as check
 from llp_kernels.defaults import K, T, TAU
 
+from .density import log_density
 from .distributed import Group, all_min, all_sum, gather_rows, merged_topk_values, row_counts
 
 METHODS = ("auto", "llp", "knn", "ratio", "diffusion")
@@ -286,20 +287,20 @@ def fit(problem: Problem, s: Settings, comm: Comm, progress=no_progress,
     ``top_similarities`` (``labeled_rows_and_density_pass``'s) are given. ``timings``
     gets the seconds of each phase (``labeled_rows``, ``density``)."""
     timings = {} if timings is None else timings
-    log_density = bias = None
+    density = bias = None
     if s.method == "llp":
         if top_similarities is None:
             labeled, classes, top_similarities = labeled_rows_and_density_pass(problem, s, comm, progress, timings)
         else:
             labeled, classes = labeled_rows(problem)
-        log_density = bias = log_density_of(top_similarities, s.tau)
+        density = bias = log_density(top_similarities / s.tau)
     else:
         start = time.perf_counter()
         labeled, classes = labeled_rows(problem)
         timings["labeled_rows"] = time.perf_counter() - start
         if s.method == "ratio":
             bias = torch.full((labeled.shape[0],), -_log_ratio(problem), device=labeled.device)
-    return Fitted(labeled, classes, bias, log_density, problem.num_classes, s)
+    return Fitted(labeled, classes, bias, density, problem.num_classes, s)
 
 
 def labeled_rows(problem: Problem) -> Tuple[Tensor, Tensor]:
@@ -314,7 +315,7 @@ def labeled_rows_and_density_pass(problem: Problem, s: Settings, comm: Comm, pro
                                   timings: Optional[dict] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """The labeled rows, their classes and each one's ``min(t, U)`` largest cosine
     similarities to unlabeled rows [M, t] (descending): eq. 4's density at any tau is
-    ``log_density_of`` them. One pass over every row, which checks it."""
+    ``llp.density.log_density`` of them over tau. One pass over every row, which checks it."""
     timings = {} if timings is None else timings
     start = time.perf_counter()
     labeled, classes = labeled_rows(problem)
@@ -323,14 +324,6 @@ def labeled_rows_and_density_pass(problem: Problem, s: Settings, comm: Comm, pro
     top = _top_similarities(problem, labeled, s, comm, progress)
     timings["density"] = time.perf_counter() - start
     return labeled, classes, top
-
-
-def log_density_of(top_similarities: Tensor, tau: float) -> Tensor:
-    """eq. 4: ``log_density_i = logsumexp_u s_iu / tau`` over the T best similarities [M, T]
-    (0 for every row when there is no unlabeled row)."""
-    if top_similarities.shape[1] == 0:
-        return torch.zeros(top_similarities.shape[0], device=top_similarities.device)
-    return torch.logsumexp(top_similarities / tau, dim=1)
 
 
 def _top_similarities(problem: Problem, labeled: Tensor, s: Settings, comm: Comm, progress) -> Tensor:
