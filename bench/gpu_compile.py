@@ -228,19 +228,16 @@ def triton_configs(arches: List[int], full: bool) -> List[Config]:
     the boundaries, where resources peak or the code changes shape: every dtype and
     precision at the largest D with the larger block height and, for top-k, the largest
     kept list; the smallest D and kept list. ``full`` adds the interior."""
-    import torch
-    from llp_kernels.backends.triton import MAX_DIM, max_kept
+    from llp_kernels.backends.triton import MAX_DIM, MAX_KEPT
     dims = [16, 64, 128, MAX_DIM] if full else [128, MAX_DIM]
+    kps = [2 ** i for i in range(MAX_KEPT.bit_length()) if 2 ** i in (1, 8, 32, 128, MAX_KEPT)] if full else [MAX_KEPT]
     configs = []
     for arch in arches:
         for dtype in DTYPES:
-            torch_dtype = getattr(torch, DTYPES[dtype][0])
             for dim in dims:
                 for rows in ((16, 64) if full else (64,)):
                     configs += [Config(k, arch, dtype, dim, rows) for k in ("aggregation_forward",
                                                                             "aggregation_backward")]
-                top = max_kept(torch_dtype, dim)
-                kps = [2 ** i for i in range(top.bit_length()) if 2 ** i in (1, 8, 32, 128, top)] if full else [top]
                 configs += [Config("topk", arch, dtype, dim, 64, kp) for kp in kps]
         configs += [Config("topk", arch, d, 16, 16, 1) for d in ("fp32-tf32", "bf16")]
         configs.append(Config("bank_update", arch, "fp32-ieee", MAX_DIM, 1))

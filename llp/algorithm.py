@@ -14,12 +14,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from llp_kernels.defaults import K, T, TAU
+from llp_kernels.defaults import K, T
 
 
 @dataclass(frozen=True)
 class LLPConfig:
-    tau: float = TAU
+    """How LLP propagates; the temperature is the bank's (``bank.tau``), which every
+    similarity of the algorithm goes through."""
     k: int = K
     t: int = T
     density_weighting: bool = True   # False: NoDW ablation (plain weighted kNN)

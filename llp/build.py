@@ -93,7 +93,7 @@ def build_run(c: TrainConfig, device: torch.device, group: Optional[Group],
     optimizer = torch.optim.SGD(parameter_groups(net, c.weight_decay), lr=c.lr, momentum=c.momentum)
     schedule = LRSchedule(c.lr, parse_boundaries(c.lr_drops, "--lr-drops", 3),
                           parse_boundaries(c.rate_jump, "--rate-jump", 3), c.rate_jump_lr, c.plateau_patience)
-    llp = LLPConfig(tau=c.tau, k=c.k, t=c.t, density_weighting=not c.no_density_weighting,
+    llp = LLPConfig(k=c.k, t=c.t, density_weighting=not c.no_density_weighting,
                     use_confidence=not c.no_confidence, density_over=c.density_over)
     train_y = split.train_y.to(device)
     state = LLPState(build_bank(c, net, split, device, group), train_y, split.labeled.to(device),

@@ -245,9 +245,6 @@ BACKEND = Backend(
     devices=("cpu", "cuda"),
     kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": scaled_grad,
              "topk_similarity": topk_similarity, "update_memory_bank_": _update_kernel},
-    precision={"float32": "fp32 matmul (torch's own precision settings)",
-               "bfloat16": "inputs widened to fp32, fp32 matmul",
-               "float16": "inputs widened to fp32, fp32 matmul"},
     auto_devices=("cpu", "cuda"),
     auto_priority=100,  # the fallback: every other backend is tried first
 )

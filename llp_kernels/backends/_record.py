@@ -1,7 +1,7 @@
 """What a backend is: one ``Backend`` record per backend, kept in that backend's own file.
 
 A record says where the backend runs, which ops it implements (and the functions that
-launch them), its limits and its arithmetic. Dispatch, ``available_backends()``,
+launch them) and its limits. Dispatch, ``available_backends()``,
 ``usable_backends()``, the ``auto`` choice and the tests' backend matrix are all read
 off the records (``llp_kernels.backends``); nothing else knows what a backend can do.
 
@@ -37,13 +37,6 @@ class Call:
     dtype: Optional[torch.dtype] = None  # of the bank / keys
 
 
-# How 16-bit banks/keys are multiplied, by the two families of backends.
-WIDENED_16BIT = {"bfloat16": "bank tiles widened to fp32, fp32 products and accumulation",
-                 "float16": "bank tiles widened to fp32, fp32 products and accumulation"}
-ROUNDED_16BIT = {"bfloat16": "queries rounded to bf16, bf16 tensor cores, fp32 accumulation",
-                 "float16": "queries rounded to fp16, fp16 tensor cores, fp32 accumulation"}
-
-
 def fp32_as_tf32() -> bool:
     """Whether fp32 products may run as TF32 on tensor cores: they follow
     ``torch.get_float32_matmul_precision()`` ('highest': no), as torch's own matmul does."""
@@ -60,7 +53,6 @@ class Backend:
     summary: str                              # what it is, one line
     devices: Tuple[str, ...]                  # device types whose tensors its kernels take
     kernels: Mapping[str, Callable]           # op -> launch function (signatures above)
-    precision: Mapping[str, str]              # bank/key dtype name -> how products are computed
     environment: Callable[[], str] = _no_reason            # why it cannot run here at all ('' if it can)
     device_check: Callable[[torch.device], str] = _no_reason  # why not on this device ('' if fine)
     max_dim: Optional[int] = None             # largest D (None: any)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._extension import dtype_code, extension, extension_error, ptr
-from ._record import WIDENED_16BIT, Backend
+from ._record import Backend
 
 TILE_ELEMENTS = 1 << 20
 MIN_TILE_COLS = 256
@@ -133,7 +133,6 @@ BACKEND = Backend(
     devices=("cpu",),
     kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
              "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
-    precision={"float32": "fp32 products (BLAS), fp32 accumulation", **WIDENED_16BIT},
     environment=_environment,
     auto_devices=("cpu",),
     auto_priority=0,

@@ -17,7 +17,7 @@ from torch import Tensor
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
 from .._lse import combine_partials
 from ._packed_topk import finish, kept_size
-from ._record import ROUNDED_16BIT, Backend, Call, fp32_as_tf32
+from ._record import Backend, Call, fp32_as_tf32
 
 MIN_CAPABILITY = (8, 0)
 
@@ -125,8 +125,6 @@ BACKEND = Backend(
     devices=("cuda",),
     kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
              "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
-    precision={"float32": "TF32 tensor cores when torch.get_float32_matmul_precision() allows TF32, "
-                          "else 3xTF32 (fp32-accurate); fp32 accumulation", **ROUNDED_16BIT},
     environment=_environment,
     device_check=_device_check,
     max_dim=_limit("cuda_max_dim"),

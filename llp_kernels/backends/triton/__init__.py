@@ -14,22 +14,17 @@ from typing import Optional
 
 import torch
 
-from .._record import ROUNDED_16BIT, Backend, Call
+from .._record import Backend, Call
 
 MAX_DIM = 256
 
-
+# The largest kept list KP (a power of two) the top-k kernel takes, for every key dtype
+# and D. A merge holds the kept lists and the queued candidates [BLOCK_Q, 2 KP] in
+# registers next to the similarity tile, so the ceiling is where the largest configuration
+# still compiles for sm_80 and sm_90 without spills and within the block's shared memory
+# (checked ahead of time by ``python -m bench.gpu_compile``); 256 spills on both targets
+# at D = 128 with fp32 keys.
 MAX_KEPT = 128
-
-
-def max_kept(key_dtype: torch.dtype, dim: int) -> int:
-    """The largest kept list KP (a power of two) the top-k kernel takes. A merge holds the
-    kept lists and the queued candidates [BLOCK_Q, 2 KP] in registers next to the
-    similarity tile, so the ceiling is where the largest configuration still compiles for
-    sm_80 and sm_90 without spills and within the block's shared memory (checked ahead of
-    time by ``python -m bench.gpu_compile``): 128 for every key dtype and D (256 spills
-    on both targets at D = 128 with fp32 keys)."""
-    return MAX_KEPT
 
 
 def installed() -> str:
@@ -58,7 +53,7 @@ def _max_k(call: Call) -> Optional[int]:
     """k such that its kept list (k, plus the re-score margin for 16-bit keys) fits."""
     from .._packed_topk import RESCORE_MARGIN
     dtype = call.dtype or torch.float32
-    return max_kept(dtype, call.dim or MAX_DIM) - (0 if dtype == torch.float32 else RESCORE_MARGIN)
+    return MAX_KEPT - (0 if dtype == torch.float32 else RESCORE_MARGIN)
 
 
 def _details() -> str:
@@ -76,8 +71,6 @@ BACKEND = Backend(
              "aggregation_grad": _kernel("aggregation", "aggregation_grad"),
              "topk_similarity": _kernel("topk", "topk_similarity"),
              "update_memory_bank_": _kernel("bank_update", "update_memory_bank_")},
-    precision={"float32": "TF32 tensor cores when torch.get_float32_matmul_precision() allows TF32, "
-                          "else fp32 (ieee) products; fp32 accumulation", **ROUNDED_16BIT},
     environment=installed,
     device_check=_device_check,
     max_dim=MAX_DIM,
