@@ -8,7 +8,7 @@ to a square; training batches then take a random ``image_size`` crop and a rando
 horizontal flip drawn from the trainer's generator (so a resumed run sees the same
 crops), evaluation the centre crop; pixels are normalised with the ImageNet mean and
 standard deviation. Decoding runs in a thread pool. torchvision does the listing,
-loading and resizing when it imports (``llp.vision``).
+loading and resizing when it imports (``llp.torchvision_fallback``).
 
 The scan's rules: a file or folder reached through a symbolic link that points outside
 ``DIR`` is not followed (``follow_symlinks`` follows it); a file that does not decode as
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import vision
+from . import torchvision_fallback
 from .data import TEST_SPLIT_SEED, DataError, Split, choose_labeled, stratified_pick
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -132,8 +132,8 @@ class FolderSource:
                  image_size: int, workers: int):
         self.paths, self.size, self.workers = paths, image_size, max(1, workers)
         self.stored = max(image_size, round(image_size * 8 / 7))
-        self.dataset = (vision.image_folder(root, classes, list(zip(paths, labels.tolist())))
-                        if vision.torchvision() is not None else None)
+        self.dataset = (torchvision_fallback.image_folder(root, classes, list(zip(paths, labels.tolist())))
+                        if torchvision_fallback.torchvision() is not None else None)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -141,8 +141,8 @@ class FolderSource:
     def _load(self, i: int) -> Tensor:
         path = self.paths[i]
         try:
-            img = self.dataset.loader(path) if self.dataset is not None else vision.open_rgb(path)
-            return vision.square(img, self.stored)
+            img = self.dataset.loader(path) if self.dataset is not None else torchvision_fallback.open_rgb(path)
+            return torchvision_fallback.square(img, self.stored)
         except Exception as exc:
             raise DataError(f"cannot decode {path}: {type(exc).__name__}: {exc}") from None
 

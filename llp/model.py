@@ -8,6 +8,8 @@ from torch import Tensor, nn
 
 from llp_kernels import normalize_rows
 
+from .torchvision_fallback import torchvision
+
 
 class TwoHeadNet(nn.Module):
     """A trunk, a classification head and an embedding head (paper fig. 1).
@@ -92,9 +94,23 @@ class ResNet18Trunk(nn.Module):
         return self.avgpool(x).flatten(1)
 
 
+def resnet18_trunk(small_images: bool) -> nn.Module:
+    """ResNet-18 up to global average pooling, [B, 3, H, W] -> [B, 512]: torchvision's
+    ``resnet18`` when it imports, else ``ResNet18Trunk``; with ``small_images`` (under
+    96 px) a 3x3/1 stem and no max-pool."""
+    tv = torchvision()
+    if tv is None:
+        return ResNet18Trunk(small_images)
+    trunk = tv.models.resnet18(weights=None)
+    trunk.fc = nn.Identity()
+    if small_images:
+        trunk.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        trunk.maxpool = nn.Identity()
+    return trunk
+
+
 def resnet18(num_classes: int, embed_dim: int = 128, image_size: int = 224) -> TwoHeadNet:
     """ResNet-18 (torchvision's when it imports, else ``ResNet18Trunk``) with both heads."""
-    from .vision import resnet18_trunk
     return TwoHeadNet(resnet18_trunk(small_images=image_size < 96), 512, num_classes, embed_dim)
 
 

@@ -8,7 +8,7 @@ appends a line to RUN_DIR/metrics.jsonl and writes an atomic checkpoint; ``--res
 RUN_DIR`` continues exactly; ``python -m llp.report RUN_DIR`` plots the metrics.
 
 The parts: ``config`` (settings), ``build`` (data, model, bank, state), ``loop`` (epochs),
-``evaluate`` (each epoch's record), ``checkpoint`` (the run directory).
+``epoch_records`` (each epoch's record), ``checkpoint`` (the run directory).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from .checkpoint import CHECKPOINT, FORMAT, METRICS, RunDirError, append_metrics
     save_checkpoint, trim_metrics, write_bytes, write_text
 from .config import TrainConfig, build_parser, parse
 from .data import DataError
-from .evaluate import epoch_record, print_epoch, print_summary
+from .epoch_records import epoch_record, print_epoch, print_summary
 from .inputs import usable_backend
 from .loop import run_epochs
 from .metrics import run_model

@@ -22,7 +22,7 @@ from torch import Tensor
 from . import _validate as check
 from . import reference
 from ._dispatch import Call, record, resolve, resolve_device
-from ._lse import backward_inputs
+from ._aggregation_rules import backward_inputs
 from .defaults import BANK_MOMENTUM, K, T, TAU
 from .reference import last_occurrence_mask
 

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._lse import backward_inputs
+from ._aggregation_rules import backward_inputs
 from .defaults import BANK_MOMENTUM, K, T, TAU
 from ._normalize import normalize_rows
 from .backends._record import Backend
@@ -105,7 +105,7 @@ def scaled_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
                 lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     """``dq_b = scale_b * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)`` [B, D], the
     backend form of ``aggregation_grad`` (``scale`` and LSEs from
-    ``llp_kernels._lse.backward_inputs``); rows with ``scale = 0`` get exactly zero."""
+    ``llp_kernels._aggregation_rules.backward_inputs``); rows with ``scale = 0`` get exactly zero."""
     dtype = _compute_dtype(queries, bank, lse_all)
     logits = _logits(queries, bank, tau)
     mask = _same_label_mask(bank_labels, query_labels)

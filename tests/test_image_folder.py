@@ -1,6 +1,7 @@
 """``--data DIR``: the image-folder path, with torchvision (here a stand-in package that
-implements the API ``llp.vision`` uses, since torchvision's wheel does not import beside
-this machine's torch) and without it; files that do not decode; links out of DIR."""
+implements the API ``llp.torchvision_fallback`` and ``llp.model`` use, since
+torchvision's wheel does not import beside this machine's torch) and without it; files
+that do not decode; links out of DIR."""
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from llp import train, vision
+from llp import torchvision_fallback, train
 from llp.image_folder import load_image_folder_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,15 +46,15 @@ TRAIN_FLAGS = ["--image-size", "16", "--labeled-fraction", "0.5", "--epochs", "2
 @pytest.fixture
 def without_torchvision(monkeypatch):
     monkeypatch.setenv("LLP_NO_TORCHVISION", "1")
-    vision.torchvision.cache_clear()
+    torchvision_fallback.torchvision.cache_clear()
     yield
-    vision.torchvision.cache_clear()
+    torchvision_fallback.torchvision.cache_clear()
 
 
 def _forget_torchvision():
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]
-    vision.torchvision.cache_clear()
+    torchvision_fallback.torchvision.cache_clear()
 
 
 @pytest.fixture
@@ -82,14 +83,14 @@ def test_image_folder_trains_a_resnet18(tmp_path, request, path):
         import torchvision
         assert {"ImageFolder", "default_loader", "resize", "resnet18"} <= set(torchvision.CALLS)
     else:
-        assert vision.torchvision() is None
+        assert torchvision_fallback.torchvision() is None
 
 
 def test_both_paths_give_the_same_pixels(tmp_path, monkeypatch, stub_torchvision):
     make_image_folder(tmp_path / "imgs", per_class=2)
     tv = load_image_folder_split(str(tmp_path / "imgs"), 0.5, 0, 16, 1).train.batch(torch.arange(3))
     monkeypatch.setenv("LLP_NO_TORCHVISION", "1")
-    vision.torchvision.cache_clear()
+    torchvision_fallback.torchvision.cache_clear()
     own = load_image_folder_split(str(tmp_path / "imgs"), 0.5, 0, 16, 1).train.batch(torch.arange(3))
     assert torch.equal(own, tv)
 

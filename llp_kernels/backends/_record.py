@@ -15,7 +15,7 @@ labels int64, on one device):
     update_memory_bank_(bank, indices, embeddings, momentum) -> None  (indices < N; rows whose
         index is -1 are skipped: the ops layer so marks every duplicate but the last)
 
-``scale`` and the LSEs of ``aggregation_grad`` come from ``llp_kernels._lse.backward_inputs``,
+``scale`` and the LSEs of ``aggregation_grad`` come from ``llp_kernels._aggregation_rules.backward_inputs``,
 which holds the rule for rows whose log-sum-exps are not finite, so kernels need no special case.
 """
 from __future__ import annotations

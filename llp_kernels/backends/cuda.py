@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
-from .._lse import combine_partials
+from .._aggregation_rules import combine_partials
 from ._packed_topk import finish, kept_size
 from ._record import Backend, Call, fp32_as_tf32
 

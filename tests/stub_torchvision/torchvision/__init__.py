@@ -1,5 +1,6 @@
-"""A stand-in for torchvision with just the API ``llp.vision`` uses, for testing that path
-on machines where the real torchvision does not import. ``CALLS`` counts what was used."""
+"""A stand-in for torchvision with just the API ``llp.torchvision_fallback`` and
+``llp.model`` use, for testing that path on machines where the real torchvision does not
+import. ``CALLS`` counts what was used."""
 from collections import Counter
 
 CALLS = Counter()

@@ -1,10 +1,12 @@
-"""Host-side log-sum-exp rules shared by every backend of the aggregation loss.
+"""The aggregation loss's host-side rules, shared by its backends: how the forward's
+per-slice partial log-sum-exps merge, and which rows the backward gives a gradient.
 
 ``backward_inputs`` is the one place that decides which rows get a gradient: a row whose
 query label no bank row carries (``lse_same = -inf``; its loss is the constant ``+inf``)
 gets ``scale = 0`` and finite placeholder LSEs, so the backward kernels need no special
-case; a row with any other non-finite LSE (a NaN or inf upstream) gets a NaN gradient. ``combine_partials`` merges per-slice forward partials
-of the GPU kernels that split the bank into S slices.
+case; a row with any other non-finite LSE (a NaN or inf upstream) gets a NaN gradient.
+``combine_partials`` merges per-slice forward partials of the GPU kernels that split the
+bank into S slices.
 """
 from __future__ import annotations
 

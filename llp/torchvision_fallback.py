@@ -4,9 +4,10 @@ The image path (``--data DIR``) lists a folder with torchvision's ``ImageFolder`
 and crops with ``torchvision.transforms.functional`` and trains torchvision's
 ``resnet18`` when ``import torchvision`` works. A torchvision wheel built for another
 torch fails at import (its compiled operators do not register), so the same steps are
-also written here with Pillow and plain torch: same layout and class order, same
-crops, same parameter names (``trunk.layer4.1.conv2.weight``), so checkpoints and
-torchvision weights load either way. ``LLP_NO_TORCHVISION=1`` forces the hand-written path.
+also written with Pillow and plain torch: here the image reading (same layout and class
+order, same crops), in ``llp.model`` the network (``ResNet18Trunk``, with torchvision's
+parameter names, ``trunk.layer4.1.conv2.weight``), so checkpoints and torchvision
+weights load either way. ``LLP_NO_TORCHVISION=1`` forces the hand-written path.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 
 @lru_cache(maxsize=None)
@@ -76,18 +76,3 @@ def square(img, stored: int) -> torch.Tensor:
     left, top = (w - stored) // 2, (h - stored) // 2
     img = img.crop((left, top, left + stored, top + stored))
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def resnet18_trunk(small_images: bool) -> nn.Module:
-    """ResNet-18 up to global average pooling, [B, 3, H, W] -> [B, 512]; with
-    ``small_images`` (under 96 px) a 3x3/1 stem and no max-pool."""
-    tv = torchvision()
-    if tv is None:
-        from .model import ResNet18Trunk
-        return ResNet18Trunk(small_images)
-    trunk = tv.models.resnet18(weights=None)
-    trunk.fc = nn.Identity()
-    if small_images:
-        trunk.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        trunk.maxpool = nn.Identity()
-    return trunk
