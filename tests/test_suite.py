@@ -51,6 +51,20 @@ def test_tables_give_means_differences_and_the_estimates_error():
     assert "| d | 2% | 65.0 ± 7.1 → 80.0 ± 14.1 | 60.0 ± 14.1 → 85.0 ± 7.1 | 5.0 ± 7.1 | 1.0 ± 0.0 |" in check
 
 
+def test_summary_and_propagation_gap_tables():
+    summary = tables.summary_table(_results())
+    # means 85 / 70, per-seed differences 10 and 20 -> +15.0 ± 7.1
+    assert "| d | 85.0 / 70.0 (+15.0 ± 7.1) | 98.0 ± 1.4 |" in summary
+    results = _results()
+    acc = lambda a: {"accuracy": a}
+    results["propagation"] = {sp: {"d": {"tool default": {"0.02": {"3": acc(0.9), "4": acc(0.8)}},
+                                         "LabelSpreading knn": {"0.02": {"3": acc(0.85), "4": acc(0.85)}}}}
+                              for sp in ("raw", "embedding")}
+    gap = tables.propagation_gap_table(results)
+    assert gap.splitlines()[0] == "| data set | 2% raw | 2% embedding |"
+    assert "| d | +0.0 ± 7.1 | +0.0 ± 7.1 |" in gap
+
+
 def test_a_tiny_suite_runs_end_to_end(tmp_path):
     results = suite.main(["--datasets", "wine", "--fractions", "0.1", "--seeds", "0", "--data", str(tmp_path / "data"),
                           "--out", str(tmp_path / "out"), "--jobs", "1",

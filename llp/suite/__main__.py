@@ -142,12 +142,16 @@ def propagation_results(args, data: Path, out: Path) -> dict:
 
 def render(results: dict) -> str:
     parts = [f"Seeds {results['seeds']}; test top-1 %, mean ± std over seeds.", "",
+             "LLP against supervised training on the labeled rows alone (Δ: mean ± std of the per-seed "
+             "differences):", "", tables.summary_table(results), "",
              tables.accuracy_table(results), "",
              "Pseudo-labels of the LLP runs (%, means over seeds):", "", tables.selfcheck_table(results)]
     if "propagation" in results:
         for space, title in (("raw", "raw inputs"), ("embedding", "the LLP run's exported embedding")):
             parts += ["", f"Propagation on {title}: accuracy on the unlabeled training rows (%):", "",
                       tables.propagation_table(results, space)]
+        parts += ["", "The propagation tool's default minus LabelSpreading(kernel=\"knn\") (points):", "",
+                  tables.propagation_gap_table(results)]
     return "\n".join(parts)
 
 
