@@ -1,5 +1,5 @@
 """Plain, materialising PyTorch versions of every op: the oracle the kernels are tested
-against, and the ``reference`` backend.
+against, and the ``reference`` backend's kernels.
 
 Readable above all. Each function builds the full ``[rows x N]`` logits, so memory is
 O(rows * N). Computation runs in fp32, or fp64 when given fp64 inputs (the tests use
@@ -23,8 +23,8 @@ from torch import Tensor
 
 from ._aggregation_rules import backward_inputs
 from .defaults import BANK_MOMENTUM, K, T, TAU
-from ._normalize import normalize_rows
-from .backends._record import Backend
+from .ops.class_vote import vote as class_vote
+from .ops.normalize import normalize_rows
 
 
 def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
@@ -169,44 +169,6 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
     return class_vote(scores, labeled_labels.long()[neighbours], num_classes)
 
 
-def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """The vote of ``propagate_labels`` (paper eq. 5) over already chosen neighbours.
-
-    scores [Q, K] (any order), neighbour_labels [Q, K] int: each neighbour's class, or -1
-    for a neighbour without a label, which casts no vote (it is left out of every w_c and
-    of their sum). Over the voting neighbours, ``w_c = sum_{k: label = c} exp(score_k -
-    max score)``; returns ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and
-    ``max_c w_c / sum_c w_c`` [Q]. A row with no voting neighbour gets label -1 and
-    confidence 0 (no label reaches it); a row whose voting weights are not finite (a NaN
-    or infinite score) gets label -1 and confidence NaN. ``num_classes`` is not needed
-    (the public ``class_vote`` checks labels against it). Memory O(Q K), whatever the
-    number of classes.
-    """
-    dtype = _compute_dtype(scores)
-    scores, labels = scores.to(dtype), neighbour_labels.long()
-    voting = labels >= 0
-    top = torch.where(voting, scores, float("-inf")).amax(dim=1, keepdim=True)
-    weights = torch.where(voting, torch.exp(scores - top), 0.0)
-    labels, order = torch.sort(labels, dim=1, stable=True)
-    weights = torch.gather(weights, 1, order)
-    # Runs of equal labels in each sorted row: sum the weights of each run. The -1 run
-    # sums to 0, below the best voter's own weight of 1.
-    starts = torch.ones_like(labels, dtype=torch.bool)
-    starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
-    run = torch.cumsum(starts.long(), dim=1) - 1
-    votes = torch.zeros_like(weights).scatter_add_(1, run, weights)
-    best, best_run = votes.max(dim=1)
-    first_of_run = torch.where(starts, run, labels.shape[1])
-    position = (first_of_run == best_run[:, None]).long().argmax(dim=1)
-    label = torch.gather(labels, 1, position[:, None]).squeeze(1)
-    confidence = best / weights.sum(dim=1)
-    usable = torch.isfinite(confidence)
-    label = torch.where(usable, label, -1)
-    confidence = torch.where(usable, confidence, float("nan"))
-    reached = voting.any(dim=1)
-    return torch.where(reached, label, -1), torch.where(reached, confidence, 0.0)
-
-
 def last_occurrence_mask(indices: Tensor) -> Tensor:
     """bool [B]: whether ``indices[b]`` is the last occurrence of its value. This is the
     duplicate rule of the bank update: the last one wins."""
@@ -233,18 +195,3 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
     mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
     bank[rows] = normalize_rows(mixed).to(bank.dtype)
     return bank
-
-
-def _update_kernel(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum: float) -> None:
-    update_memory_bank_(bank, indices, embeddings, momentum)
-
-
-BACKEND = Backend(
-    name="reference",
-    summary="plain PyTorch, materialising (the oracle)",
-    devices=("cpu", "cuda"),
-    kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": scaled_grad,
-             "topk_similarity": topk_similarity, "update_memory_bank_": _update_kernel},
-    auto_devices=("cpu", "cuda"),
-    auto_priority=100,  # the fallback: every other backend is tried first
-)

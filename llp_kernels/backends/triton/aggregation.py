@@ -180,8 +180,8 @@ def _launch(queries: Tensor, bank: Tensor, backward: bool):
     return launch, (row_blocks, splits), n_per_split
 
 
-def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                    tau: float) -> Tuple[Tensor, Tensor]:
+def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+               tau: float) -> Tuple[Tensor, Tensor]:
     B, D = queries.shape
     N = bank.shape[0]
     launch, grid, n_per_split = _launch(queries, bank, backward=False)
@@ -194,8 +194,8 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
     return combine_partials(parts)
 
 
-def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
+def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     B, D = queries.shape
     N = bank.shape[0]
     launch, grid, n_per_split = _launch(queries, bank, backward=True)

@@ -41,8 +41,8 @@ def plan(dim: int) -> Launch:
     return Launch(dict(BLOCK_D=block_d), 4 if block_d >= 512 else 1, 1)
 
 
-def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float) -> None:
+def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                       momentum: float) -> None:
     B, D = embeddings.shape
     launch = plan(D)
     _bank_update_kernel[(B,)](bank, indices, embeddings, D, momentum, **launch.constants,

@@ -175,8 +175,8 @@ def plan(rows: int, dim: int, kp: int, key_dtype: torch.dtype, precision: str, o
                   blk.warps, blk.stages)
 
 
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
-                    key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
+                key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     Q, D = queries.shape
     N = keys.shape[0]
     on_gpu = keys.device.type == "cuda"

@@ -1,12 +1,12 @@
-"""The public functions: validation, dispatch, ``torch.library`` custom ops, autograd.
+"""The ops not yet moved into their own modules under ``ops/``: their handles
+(``registry.Op``), validation, ``torch.library`` custom ops and autograd.
 
 Each public function checks its arguments' metadata (free, and traceable by
-``torch.compile``), resolves ``backend`` to a concrete name from the backends' records
-(``_dispatch``), and calls a custom op ``torch.ops.llp.*``. The op's real implementation
-checks label/index values (a pass over small integer vectors, never over the bank) and
-calls the backend's kernel, ``_dispatch.record(backend).kernels[op]``, which lives in the
-backend's own file (``backends/cpu.py``, ``backends/cuda.py``, ``backends/triton/``,
-``reference.py``). Its fake implementation gives shapes to ``torch.compile``.
+``torch.compile``), resolves ``backend`` to a concrete name (``registry.resolve``), and
+calls a custom op ``torch.ops.llp.*``. The op's real implementation checks label/index
+values (a pass over small integer vectors, never over the bank) and calls the launcher
+that backend registered, ``OP.kernels[backend]``. Its fake implementation gives shapes
+to ``torch.compile``.
 
 The backend travels as a string argument of each op: several backends serve one device
 type, and the caller may name one, so torch's per-device kernel registration cannot make
@@ -14,24 +14,44 @@ the choice; resolved before the op, it is a constant that ``torch.compile`` trac
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _validate as check
-from . import reference
-from ._dispatch import Call, record, resolve, resolve_device
+from .registry import Call, Limits, Op, resolve
 from ._aggregation_rules import backward_inputs
 from .defaults import BANK_MOMENTUM, K, T, TAU
+from .ops.class_vote import vote
 from .reference import last_occurrence_mask
 
-__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "class_vote", "local_density",
+__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "local_density",
            "propagate_labels", "topk_similarity", "update_memory_bank_"]
 
 
-def _kernel(backend: str, op: str):
-    return record(backend).kernels[op]
+@dataclass(frozen=True)
+class TopkLimits(Limits):
+    """The limits of a top-k backend: ``max_dim``, and ``max_k(call)``, the largest k it
+    takes for that call (None: any)."""
+    max_k: Callable[[Call], Optional[int]] = lambda call: None
+
+    def why_beyond(self, call: Call) -> str:
+        why = super().why_beyond(call)
+        if why or call.k is None:
+            return why
+        limit = self.max_k(call)
+        if limit is not None and call.k > limit:
+            dtype = "" if call.dtype is None else f" for {str(call.dtype).replace('torch.', '')} keys"
+            return f"it supports k <= {limit}{dtype} at D={call.dim}, got k={call.k}"
+        return ""
+
+
+AGGREGATION_LSE = Op("aggregation_lse")
+AGGREGATION_GRAD = Op("aggregation_grad")
+TOPK = Op("topk_similarity", TopkLimits)
+BANK_UPDATE = Op("update_memory_bank_")
 
 
 # ---- custom ops ------------------------------------------------------------------------
@@ -41,7 +61,7 @@ def _aggregation_lse_op(queries: Tensor, bank: Tensor, bank_labels: Tensor,
                         query_labels: Tensor, tau: float, backend: str) -> Tuple[Tensor, Tensor]:
     check.labels_in_range("query_labels", query_labels, 0, None)
     check.labels_in_range("bank_labels", bank_labels, -1, None)
-    lse_all, lse_same = _kernel(backend, "aggregation_lse")(queries, bank, bank_labels,
+    lse_all, lse_same = AGGREGATION_LSE.kernels[backend](queries, bank, bank_labels,
                                                             query_labels, tau)
     return lse_all.float(), lse_same.float()
 
@@ -59,7 +79,7 @@ def _aggregation_grad_op(queries: Tensor, bank: Tensor, bank_labels: Tensor, que
     check.labels_in_range("query_labels", query_labels, 0, None)
     check.labels_in_range("bank_labels", bank_labels, -1, None)
     scale, lse_all, lse_same = backward_inputs(lse_all, lse_same, grad_output, tau)
-    dq = _kernel(backend, "aggregation_grad")(queries, bank, bank_labels, query_labels,
+    dq = AGGREGATION_GRAD.kernels[backend](queries, bank, bank_labels, query_labels,
                                               lse_all, lse_same, scale, tau)
     return dq.to(queries.dtype)
 
@@ -107,7 +127,7 @@ torch.library.register_autograd("llp::aggregation_loss", _loss_backward,
 @torch.library.custom_op("llp::topk_similarity", mutates_args=())
 def _topk_op(queries: Tensor, keys: Tensor, k: int, tau: float, key_bias: Optional[Tensor],
              backend: str) -> Tuple[Tensor, Tensor]:
-    values, indices = _kernel(backend, "topk_similarity")(queries, keys, k, tau, key_bias)
+    values, indices = TOPK.kernels[backend](queries, keys, k, tau, key_bias)
     return values.float(), indices.long()
 
 
@@ -121,7 +141,7 @@ def _(queries, keys, k, tau, key_bias, backend):
 @torch.library.custom_op("llp::local_density", mutates_args=())
 def _local_density_op(labeled: Tensor, unlabeled: Tensor, t: int, tau: float,
                       backend: str) -> Tensor:
-    values, _ = _kernel(backend, "topk_similarity")(labeled, unlabeled, t, tau, None)
+    values, _ = TOPK.kernels[backend](labeled, unlabeled, t, tau, None)
     return torch.logsumexp(values.float(), dim=1)
 
 
@@ -135,8 +155,8 @@ def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
                   log_density: Optional[Tensor], k: int, tau: float, num_classes: int,
                   backend: str) -> Tuple[Tensor, Tensor]:
     check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes if num_classes > 0 else None)
-    scores, neighbours = _kernel(backend, "topk_similarity")(queries, labeled, k, tau, log_density)
-    labels, confidence = reference.class_vote(scores.float(), labeled_labels[neighbours])
+    scores, neighbours = TOPK.kernels[backend](queries, labeled, k, tau, log_density)
+    labels, confidence = vote(scores.float(), labeled_labels[neighbours])
     return labels, confidence.float()
 
 
@@ -153,7 +173,7 @@ def _update_bank_op(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum:
     # Duplicates: the last occurrence wins; the others become -1, which kernels skip (no
     # compaction, so no shape that depends on the data).
     rows = torch.where(last_occurrence_mask(indices), indices, -1).contiguous()
-    _kernel(backend, "update_memory_bank_")(bank, rows, embeddings, momentum)
+    BANK_UPDATE.kernels[backend](bank, rows, embeddings, momentum)
 
 
 @_update_bank_op.register_fake
@@ -204,7 +224,7 @@ def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     """
     queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
         queries, bank, bank_labels, query_labels, tau)
-    name = resolve(("aggregation_lse", "aggregation_grad"), backend, _call(device, queries, bank))
+    name = resolve((AGGREGATION_LSE, AGGREGATION_GRAD), backend, _call(device, queries, bank))
     loss, _, _ = torch.ops.llp.aggregation_loss(queries, bank.detach(), bank_labels,
                                                 query_labels, tau, name)
     return loss
@@ -219,7 +239,7 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
     """
     queries, bank, bank_labels, query_labels, tau, device = _check_aggregation_inputs(
         queries, bank, bank_labels, query_labels, tau)
-    name = resolve(("aggregation_lse",), backend, _call(device, queries, bank))
+    name = resolve((AGGREGATION_LSE,), backend, _call(device, queries, bank))
     return torch.ops.llp.aggregation_lse(queries.detach(), bank.detach(), bank_labels,
                                          query_labels, tau, name)
 
@@ -240,7 +260,7 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
         grad_output = torch.ones(B, dtype=torch.float32, device=device)
     check.bias("grad_output", grad_output, B, "queries")
     check.same_device(queries=queries, lse_all=lse_all, lse_same=lse_same, grad_output=grad_output)
-    name = resolve(("aggregation_grad",), backend, _call(device, queries, bank))
+    name = resolve((AGGREGATION_GRAD,), backend, _call(device, queries, bank))
     return torch.ops.llp.aggregation_grad(
         queries.detach(), bank.detach(), bank_labels, query_labels, lse_all.float().contiguous(),
         lse_same.float().contiguous(), grad_output.float().contiguous(), tau, name)
@@ -263,7 +283,7 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = TAU,
         key_bias = key_bias.detach().float().contiguous()
     device = check.same_device(queries=queries, keys=keys, key_bias=key_bias)
     tau = check.temperature("tau", tau)
-    name = resolve(("topk_similarity",), backend, _call(device, queries, keys, k))
+    name = resolve((TOPK,), backend, _call(device, queries, keys, k))
     return torch.ops.llp.topk_similarity(queries.detach().contiguous(), keys.detach().contiguous(),
                                          k, tau, key_bias, name)
 
@@ -281,7 +301,7 @@ def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = T
     t = check.count("t", t, unlabeled.shape[0], "unlabeled")
     device = check.same_device(labeled=labeled, unlabeled=unlabeled)
     tau = check.temperature("tau", tau)
-    name = resolve(("topk_similarity",), backend, _call(device, labeled, unlabeled, t))
+    name = resolve((TOPK,), backend, _call(device, labeled, unlabeled, t))
     return torch.ops.llp.local_density(labeled.detach().contiguous(),
                                        unlabeled.detach().contiguous(), t, tau, name)
 
@@ -309,34 +329,11 @@ def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
     device = check.same_device(queries=queries, labeled=labeled, labeled_labels=labeled_labels,
                                log_density=log_density)
     tau = check.temperature("tau", tau)
-    name = resolve(("topk_similarity",), backend, _call(device, queries, labeled, k))
+    name = resolve((TOPK,), backend, _call(device, queries, labeled, k))
     return torch.ops.llp.propagate_labels(
         queries.detach().contiguous(), labeled.detach().contiguous(),
         labeled_labels.long().contiguous(), log_density, k, tau,
         -1 if num_classes is None else num_classes, name)
-
-
-def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[int] = None, *,
-               backend: str = "auto") -> Tuple[Tensor, Tensor]:
-    """The vote of ``propagate_labels`` (paper eq. 5) over neighbours chosen elsewhere (the
-    merged top-k of a sharded bank, say).
-
-    scores [Q, K] float (K >= 1, any order), neighbour_labels [Q, K] int: each
-    neighbour's class in [0, num_classes) (num_classes None: any class >= 0), or -1 for a
-    neighbour without a label, which casts no vote. Over the voting neighbours
-    ``w_c = sum_{k: label = c} exp(score_k - max score)``; returns ``argmax_c w_c``
-    (lowest class on a tie) int64 [Q] and the confidence ``max_c w_c / sum_c w_c`` fp32
-    [Q] (fp64 for fp64 scores). A row with no voting neighbour gets label -1 and
-    confidence 0; a row whose voting scores are not all finite gets label -1 and
-    confidence NaN. The same PyTorch code runs on every backend; ``backend`` is checked as
-    everywhere (a named backend that cannot run on the tensors' device is refused).
-    """
-    check.vote_inputs(scores, neighbour_labels)
-    num_classes = check.optional_num_classes("num_classes", num_classes)
-    device = check.same_device(scores=scores, neighbour_labels=neighbour_labels)
-    resolve_device(backend, device)
-    check.labels_in_range("neighbour_labels", neighbour_labels, -1, num_classes)
-    return reference.class_vote(scores.detach(), neighbour_labels)
 
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
@@ -364,7 +361,7 @@ def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
         embeddings = embeddings.clone()  # every row must mix with the bank's old values
     device = check.same_device(bank=bank, indices=indices, embeddings=embeddings)
     momentum = check.unit_interval("momentum", momentum)
-    name = resolve(("update_memory_bank_",), backend, _call(device, embeddings, bank))
+    name = resolve((BANK_UPDATE,), backend, _call(device, embeddings, bank))
     with torch.no_grad():
         torch.ops.llp.update_memory_bank_(bank, indices.long().contiguous(),
                                           embeddings.detach().contiguous(), momentum, name)

@@ -1,0 +1,23 @@
+"""The ``reference`` backend: each op's plain PyTorch oracle run as its kernel.
+
+It materialises every ``[rows x N]`` similarity matrix, so it is the slowest backend and
+``auto``'s last resort, and the one that runs wherever PyTorch does.
+"""
+from __future__ import annotations
+
+from .. import _unmoved_ops as ops
+from .. import reference
+from ..registry import Backend, register_backend, register_kernel
+
+register_backend(Backend(
+    name="reference",
+    summary="plain PyTorch, materialising (the oracle)",
+    devices=("cpu", "cuda"),
+    auto_devices=("cpu", "cuda"),
+    auto_priority=100,  # the fallback: every other backend is tried first
+))
+
+register_kernel(ops.AGGREGATION_LSE, "reference")(reference.aggregation_lse)
+register_kernel(ops.AGGREGATION_GRAD, "reference")(reference.scaled_grad)
+register_kernel(ops.TOPK, "reference")(reference.topk_similarity)
+register_kernel(ops.BANK_UPDATE, "reference")(reference.update_memory_bank_)
