@@ -16,13 +16,13 @@ variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what 
 from . import defaults, reference, registry
 from .ops.class_vote import class_vote
 from .ops.normalize import normalize_rows
+from .ops.topk import topk_similarity
 from ._unmoved_ops import (
     aggregation_grad,
     aggregation_loss,
     aggregation_lse,
     local_density,
     propagate_labels,
-    topk_similarity,
     update_memory_bank_,
 )
 from .registry import available_backends, unusable_reason, usable_backends

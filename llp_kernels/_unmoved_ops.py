@@ -14,43 +14,25 @@ the choice; resolved before the op, it is a constant that ``torch.compile`` trac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _validate as check
-from .registry import Call, Limits, Op, resolve
+from .registry import Call, Op, resolve
 from ._aggregation_rules import backward_inputs
 from .defaults import BANK_MOMENTUM, K, T, TAU
+from .ops.topk import TOPK
 from .ops.class_vote import vote
 from .reference import last_occurrence_mask
 
 __all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "local_density",
-           "propagate_labels", "topk_similarity", "update_memory_bank_"]
-
-
-@dataclass(frozen=True)
-class TopkLimits(Limits):
-    """The limits of a top-k backend: ``max_dim``, and ``max_k(call)``, the largest k it
-    takes for that call (None: any)."""
-    max_k: Callable[[Call], Optional[int]] = lambda call: None
-
-    def why_beyond(self, call: Call) -> str:
-        why = super().why_beyond(call)
-        if why or call.k is None:
-            return why
-        limit = self.max_k(call)
-        if limit is not None and call.k > limit:
-            dtype = "" if call.dtype is None else f" for {str(call.dtype).replace('torch.', '')} keys"
-            return f"it supports k <= {limit}{dtype} at D={call.dim}, got k={call.k}"
-        return ""
+           "propagate_labels", "update_memory_bank_"]
 
 
 AGGREGATION_LSE = Op("aggregation_lse")
 AGGREGATION_GRAD = Op("aggregation_grad")
-TOPK = Op("topk_similarity", TopkLimits)
 BANK_UPDATE = Op("update_memory_bank_")
 
 
@@ -122,20 +104,6 @@ def _loss_backward(ctx, grad_loss, grad_lse_all, grad_lse_same):
 
 torch.library.register_autograd("llp::aggregation_loss", _loss_backward,
                                 setup_context=_loss_setup_context)
-
-
-@torch.library.custom_op("llp::topk_similarity", mutates_args=())
-def _topk_op(queries: Tensor, keys: Tensor, k: int, tau: float, key_bias: Optional[Tensor],
-             backend: str) -> Tuple[Tensor, Tensor]:
-    values, indices = TOPK.kernels[backend](queries, keys, k, tau, key_bias)
-    return values.float(), indices.long()
-
-
-@_topk_op.register_fake
-def _(queries, keys, k, tau, key_bias, backend):
-    Q = queries.shape[0]
-    return (queries.new_empty(Q, k, dtype=torch.float32),
-            queries.new_empty(Q, k, dtype=torch.int64))
 
 
 @torch.library.custom_op("llp::local_density", mutates_args=())
@@ -264,28 +232,6 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     return torch.ops.llp.aggregation_grad(
         queries.detach(), bank.detach(), bank_labels, query_labels, lse_all.float().contiguous(),
         lse_same.float().contiguous(), grad_output.float().contiguous(), tau, name)
-
-
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = TAU,
-                    key_bias: Optional[Tensor] = None, *,
-                    backend: str = "auto") -> Tuple[Tensor, Tensor]:
-    """The k largest ``queries[q] . keys[j] / tau - key_bias[j]`` per query, streamed.
-
-    queries [Q, D], keys [N, D] (float32/bf16/fp16), key_bias [N] float or None,
-    1 <= k <= N. Returns values fp32 [Q, k] sorted descending and int64 indices [Q, k];
-    among equal values the lower index comes first (cpu backend). Not differentiable.
-    """
-    check.embeddings("queries", queries)
-    check.embeddings("keys", keys, queries.shape[1], "queries")
-    k = check.count("k", k, keys.shape[0], "keys")
-    if key_bias is not None:
-        check.bias("key_bias", key_bias, keys.shape[0], "keys")
-        key_bias = key_bias.detach().float().contiguous()
-    device = check.same_device(queries=queries, keys=keys, key_bias=key_bias)
-    tau = check.temperature("tau", tau)
-    name = resolve((TOPK,), backend, _call(device, queries, keys, k))
-    return torch.ops.llp.topk_similarity(queries.detach().contiguous(), keys.detach().contiguous(),
-                                         k, tau, key_bias, name)
 
 
 def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = TAU, *,

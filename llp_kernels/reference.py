@@ -24,21 +24,9 @@ from torch import Tensor
 from ._aggregation_rules import backward_inputs
 from .defaults import BANK_MOMENTUM, K, T, TAU
 from .ops.class_vote import vote as class_vote
+from .ops.topk import rank_descending, reference_topk_similarity as topk_similarity
 from .ops.normalize import normalize_rows
-
-
-def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None and t.dtype == torch.float64:
-            dtype = torch.float64
-    return dtype
-
-
-def _logits(queries: Tensor, keys: Tensor, tau: float) -> Tensor:
-    """``s[b, j] = q_b . key_j / tau``, shape [B, N], in the compute dtype."""
-    dtype = _compute_dtype(queries, keys)
-    return queries.to(dtype) @ keys.to(dtype).T / tau
+from .ops._similarity import compute_dtype as _compute_dtype, logits as _logits
 
 
 def _same_label_mask(bank_labels: Tensor, query_labels: Tensor) -> Tensor:
@@ -114,30 +102,6 @@ def scaled_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
     p_same = torch.where(mask, torch.exp(logits - lse_same.to(dtype)[:, None]), 0.0)
     weights = torch.where(scale != 0, scale * (p_all - p_same), 0.0)
     return weights @ bank.to(dtype)
-
-
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = TAU,
-                    key_bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The k largest ``s(q, key_j) - key_bias[j]`` per query.
-
-    queries [Q, D], keys [N, D], key_bias [N] or None. Returns values [Q, k] sorted
-    descending and their int64 key indices [Q, k] (``rank_descending``'s order: among
-    equal values the lower index first, NaN scores last).
-    """
-    scores = _logits(queries, keys, tau)
-    if key_bias is not None:
-        scores = scores - key_bias.to(scores.dtype)[None, :]
-    order = rank_descending(scores)[:, :k].contiguous()
-    return torch.gather(scores, 1, order), order
-
-
-def rank_descending(scores: Tensor) -> Tensor:
-    """Positions [Q, N] that sort each row of ``scores`` descending: among equal values the
-    lower position first, and NaN after every number (even -inf). The top-k order."""
-    order = torch.sort(torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"),
-                                        neginf=float("-inf")), dim=1, descending=True, stable=True).indices
-    nan_last = torch.sort(torch.isnan(torch.gather(scores, 1, order)).to(torch.int8), dim=1, stable=True).indices
-    return torch.gather(order, 1, nan_last)
 
 
 def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = TAU) -> Tensor:

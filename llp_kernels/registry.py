@@ -1,14 +1,14 @@
 """Which backend runs an op: the backends, each op's launchers, and the choice for a call.
 
-An op module makes its handle, ``OP = Op("topk_similarity", TopkLimits)``. A backend file
+An op module makes its handle, ``TOPK = Op("topk_similarity", TopkLimits)``. A backend file
 declares itself once, ``register_backend(Backend(name="cpu", ...))``, and registers each
 launcher to its op with one call that names both::
 
-    @register_kernel(topk.OP, "cpu")
+    @register_kernel(TOPK, "cpu")
     def launch_topk(queries, keys, k, tau, key_bias): ...
 
 with the ``limits`` it declares for that op (an instance of the op's limits type; none:
-it takes every call). An op's custom op runs ``OP.kernels[backend]``.
+it takes every call). The op's custom op runs ``TOPK.kernels[backend]``.
 
 ``backend="auto"`` (the default of every public function) becomes the value of the
 environment variable ``LLP_BACKEND`` when that is set; else, on a GPU model listed in the

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .._extension import dtype_code, extension, extension_error, ptr
 from .. import _unmoved_ops as ops
+from ..ops.topk import TOPK
 from ..registry import Backend, register_backend, register_kernel
 
 
@@ -108,7 +109,7 @@ def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
     return dq
 
 
-@register_kernel(ops.TOPK, "cpu")
+@register_kernel(TOPK, "cpu")
 def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
                 key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     C = extension()

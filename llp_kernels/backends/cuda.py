@@ -16,8 +16,8 @@ from torch import Tensor
 
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
 from .._aggregation_rules import combine_partials
-from ._packed_topk import finish, kept_size
 from .. import _unmoved_ops as ops
+from ..ops.topk import TOPK, TopkLimits, kept_size, merge_candidates
 from ..registry import Backend, Call, Limits, register_backend, register_kernel
 from . import fp32_as_tf32
 
@@ -62,7 +62,7 @@ register_backend(Backend(
     details=lambda: f"compiled for sm_{extension().cuda_archs}, {cuda_device_status()[0]} device(s)",
 ))
 LIMITS = Limits(max_dim=_limit("cuda_max_dim"))
-TOPK_LIMITS = ops.TopkLimits(max_dim=_limit("cuda_max_dim"), max_k=_max_k)
+TOPK_LIMITS = TopkLimits(max_dim=_limit("cuda_max_dim"), max_k=_max_k)
 
 
 def _stream(t: Tensor) -> int:
@@ -118,7 +118,7 @@ def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
                                  momentum, bank.device.index, _stream(bank))
 
 
-@register_kernel(ops.TOPK, "cuda", limits=TOPK_LIMITS)
+@register_kernel(TOPK, "cuda", limits=TOPK_LIMITS)
 def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
                 key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """Fused mma.sync similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
@@ -136,4 +136,4 @@ def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
     candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=keys.device)
     C.cuda_topk(ptr(q), ptr(keys), code, 0 if key_bias is None else ptr(key_bias), ptr(candidates),
                 Q, N, D, kp, splits, n_per_split, 1.0 / tau, _exact_fp32(keys), device, _stream(keys))
-    return finish(candidates, queries, keys, k, tau, key_bias, rescore)
+    return merge_candidates(candidates, queries, keys, k, tau, key_bias, rescore)

@@ -15,8 +15,8 @@ from typing import Optional
 import torch
 
 from ... import _unmoved_ops as ops
+from ...ops.topk import RESCORE_MARGIN, TOPK, TopkLimits
 from ...registry import Backend, Call, Limits, register_backend, register_kernel
-from .._packed_topk import RESCORE_MARGIN
 
 MAX_DIM = 256
 
@@ -82,7 +82,7 @@ def launch_grad(*args):
     return launch_grad(*args)
 
 
-@register_kernel(ops.TOPK, "triton", limits=ops.TopkLimits(max_dim=MAX_DIM, max_k=_max_k))
+@register_kernel(TOPK, "triton", limits=TopkLimits(max_dim=MAX_DIM, max_k=_max_k))
 def launch_topk(*args):
     from .topk import launch_topk
     return launch_topk(*args)
