@@ -15,14 +15,14 @@ variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what 
 """
 from . import defaults, reference, registry
 from .ops.class_vote import class_vote
+from .ops.density import local_density
 from .ops.normalize import normalize_rows
+from .ops.propagate import propagate_labels
 from .ops.topk import topk_similarity
 from ._unmoved_ops import (
     aggregation_grad,
     aggregation_loss,
     aggregation_lse,
-    local_density,
-    propagate_labels,
     update_memory_bank_,
 )
 from .registry import available_backends, unusable_reason, usable_backends

@@ -22,13 +22,10 @@ from torch import Tensor
 from . import _validate as check
 from .registry import Call, Op, resolve
 from ._aggregation_rules import backward_inputs
-from .defaults import BANK_MOMENTUM, K, T, TAU
-from .ops.topk import TOPK
-from .ops.class_vote import vote
+from .defaults import BANK_MOMENTUM, TAU
 from .reference import last_occurrence_mask
 
-__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "local_density",
-           "propagate_labels", "update_memory_bank_"]
+__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "update_memory_bank_"]
 
 
 AGGREGATION_LSE = Op("aggregation_lse")
@@ -104,34 +101,6 @@ def _loss_backward(ctx, grad_loss, grad_lse_all, grad_lse_same):
 
 torch.library.register_autograd("llp::aggregation_loss", _loss_backward,
                                 setup_context=_loss_setup_context)
-
-
-@torch.library.custom_op("llp::local_density", mutates_args=())
-def _local_density_op(labeled: Tensor, unlabeled: Tensor, t: int, tau: float,
-                      backend: str) -> Tensor:
-    values, _ = TOPK.kernels[backend](labeled, unlabeled, t, tau, None)
-    return torch.logsumexp(values.float(), dim=1)
-
-
-@_local_density_op.register_fake
-def _(labeled, unlabeled, t, tau, backend):
-    return labeled.new_empty(labeled.shape[0], dtype=torch.float32)
-
-
-@torch.library.custom_op("llp::propagate_labels", mutates_args=())
-def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
-                  log_density: Optional[Tensor], k: int, tau: float, num_classes: int,
-                  backend: str) -> Tuple[Tensor, Tensor]:
-    check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes if num_classes > 0 else None)
-    scores, neighbours = TOPK.kernels[backend](queries, labeled, k, tau, log_density)
-    labels, confidence = vote(scores.float(), labeled_labels[neighbours])
-    return labels, confidence.float()
-
-
-@_propagate_op.register_fake
-def _(queries, labeled, labeled_labels, log_density, k, tau, num_classes, backend):
-    Q = queries.shape[0]
-    return (queries.new_empty(Q, dtype=torch.int64), queries.new_empty(Q, dtype=torch.float32))
 
 
 @torch.library.custom_op("llp::update_memory_bank_", mutates_args=("bank",))
@@ -232,54 +201,6 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     return torch.ops.llp.aggregation_grad(
         queries.detach(), bank.detach(), bank_labels, query_labels, lse_all.float().contiguous(),
         lse_same.float().contiguous(), grad_output.float().contiguous(), tau, name)
-
-
-def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = TAU, *,
-                  backend: str = "auto") -> Tensor:
-    """Log local density of each labeled row (paper eq. 4), fp32 [M].
-
-    ``log_density[i] = logsumexp over the t most similar unlabeled rows u of l_i . u / tau``.
-    The paper's global normaliser Z is dropped: it is the same for every labeled point and
-    cancels in ``propagate_labels``. labeled [M, D], unlabeled [U, D], 1 <= t <= U.
-    """
-    check.embeddings("labeled", labeled)
-    check.embeddings("unlabeled", unlabeled, labeled.shape[1], "labeled")
-    t = check.count("t", t, unlabeled.shape[0], "unlabeled")
-    device = check.same_device(labeled=labeled, unlabeled=unlabeled)
-    tau = check.temperature("tau", tau)
-    name = resolve((TOPK,), backend, _call(device, labeled, unlabeled, t))
-    return torch.ops.llp.local_density(labeled.detach().contiguous(),
-                                       unlabeled.detach().contiguous(), t, tau, name)
-
-
-def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
-                     log_density: Optional[Tensor], k: int = K, tau: float = TAU,
-                     num_classes: Optional[int] = None, *,
-                     backend: str = "auto") -> Tuple[Tensor, Tensor]:
-    """Density-weighted label propagation (paper eq. 5): pseudo-labels and confidences.
-
-    ``score_i = queries[q] . labeled[i] / tau - log_density[i]``; over the k best labeled
-    rows ``w_c = sum_{y_i = c} exp(score_i - max score)``, ``p_c = w_c / sum w``. Returns
-    ``argmax_c p_c`` int64 [Q] and ``max_c p_c`` fp32 [Q]. ``log_density=None`` is plain
-    weighted kNN (NoDW). labeled_labels [M] int in [0, num_classes) (num_classes None:
-    max + 1).
-    """
-    check.embeddings("queries", queries)
-    check.embeddings("labeled", labeled, queries.shape[1], "queries")
-    check.labels("labeled_labels", labeled_labels, labeled.shape[0], "labeled")
-    if log_density is not None:
-        check.bias("log_density", log_density, labeled.shape[0], "labeled")
-        log_density = log_density.detach().float().contiguous()
-    k = check.count("k", k, labeled.shape[0], "labeled")
-    num_classes = check.optional_num_classes("num_classes", num_classes)
-    device = check.same_device(queries=queries, labeled=labeled, labeled_labels=labeled_labels,
-                               log_density=log_density)
-    tau = check.temperature("tau", tau)
-    name = resolve((TOPK,), backend, _call(device, queries, labeled, k))
-    return torch.ops.llp.propagate_labels(
-        queries.detach().contiguous(), labeled.detach().contiguous(),
-        labeled_labels.long().contiguous(), log_density, k, tau,
-        -1 if num_classes is None else num_classes, name)
 
 
 def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,

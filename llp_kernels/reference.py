@@ -22,8 +22,10 @@ import torch
 from torch import Tensor
 
 from ._aggregation_rules import backward_inputs
-from .defaults import BANK_MOMENTUM, K, T, TAU
+from .defaults import BANK_MOMENTUM, TAU
 from .ops.class_vote import vote as class_vote
+from .ops.density import reference_local_density as local_density
+from .ops.propagate import reference_propagate_labels as propagate_labels
 from .ops.topk import rank_descending, reference_topk_similarity as topk_similarity
 from .ops.normalize import normalize_rows
 from .ops._similarity import compute_dtype as _compute_dtype, logits as _logits
@@ -102,35 +104,6 @@ def scaled_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
     p_same = torch.where(mask, torch.exp(logits - lse_same.to(dtype)[:, None]), 0.0)
     weights = torch.where(scale != 0, scale * (p_all - p_same), 0.0)
     return weights @ bank.to(dtype)
-
-
-def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = TAU) -> Tensor:
-    """Log local density of each labeled point (paper eq. 4), [M].
-
-    ``log_density[i] = logsumexp_{k in N_T(l_i)} s(l_i, u_k)`` over the T most similar
-    unlabeled rows. The paper's P(v_i, v_k) also divides by a global normaliser Z; it is
-    the same for every labeled point and cancels in the normalised votes of
-    ``propagate_labels``, so it is dropped.
-    """
-    values, _ = topk_similarity(labeled, unlabeled, t, tau)
-    return torch.logsumexp(values, dim=1)
-
-
-def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
-                     log_density: Optional[Tensor], k: int = K, tau: float = TAU,
-                     num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """Density-weighted label propagation (paper eq. 5), per query.
-
-    ``score_i = s(q, l_i) - log_density[i]`` over the M labeled rows; the K best form
-    ``N_K(q)``; ``w_c = sum_{i in N_K(q), y_i = c} exp(score_i - max score)``;
-    ``p_c = w_c / sum_c w_c``; returns ``argmax_c p_c`` (int64 [Q], lowest class on a tie)
-    and ``max_c p_c`` (the confidence, [Q]). ``log_density=None`` gives plain weighted kNN
-    (the NoDW ablation). The per-query normaliser of P(v_i | v) cancels.
-    """
-    if num_classes is None:
-        num_classes = int(labeled_labels.max()) + 1
-    scores, neighbours = topk_similarity(queries, labeled, k, tau, key_bias=log_density)
-    return class_vote(scores, labeled_labels.long()[neighbours], num_classes)
 
 
 def last_occurrence_mask(indices: Tensor) -> Tensor:
