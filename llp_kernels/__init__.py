@@ -14,6 +14,7 @@ Every function takes ``backend="auto"|"reference"|"cpu"|"triton"|"cuda"``; the e
 variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what runs here.
 """
 from . import defaults, reference, registry
+from .ops.bank_update import update_memory_bank_
 from .ops.class_vote import class_vote
 from .ops.density import local_density
 from .ops.normalize import normalize_rows
@@ -23,7 +24,6 @@ from ._unmoved_ops import (
     aggregation_grad,
     aggregation_loss,
     aggregation_lse,
-    update_memory_bank_,
 )
 from .registry import available_backends, unusable_reason, usable_backends
 # Importing a backend registers it and its launchers; BACKENDS keeps this order.

@@ -22,15 +22,13 @@ from torch import Tensor
 from . import _validate as check
 from .registry import Call, Op, resolve
 from ._aggregation_rules import backward_inputs
-from .defaults import BANK_MOMENTUM, TAU
-from .reference import last_occurrence_mask
+from .defaults import TAU
 
-__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "update_memory_bank_"]
+__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse"]
 
 
 AGGREGATION_LSE = Op("aggregation_lse")
 AGGREGATION_GRAD = Op("aggregation_grad")
-BANK_UPDATE = Op("update_memory_bank_")
 
 
 # ---- custom ops ------------------------------------------------------------------------
@@ -103,34 +101,7 @@ torch.library.register_autograd("llp::aggregation_loss", _loss_backward,
                                 setup_context=_loss_setup_context)
 
 
-@torch.library.custom_op("llp::update_memory_bank_", mutates_args=("bank",))
-def _update_bank_op(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum: float,
-                    backend: str) -> None:
-    check.labels_in_range("indices", indices, 0, bank.shape[0])
-    # Duplicates: the last occurrence wins; the others become -1, which kernels skip (no
-    # compaction, so no shape that depends on the data).
-    rows = torch.where(last_occurrence_mask(indices), indices, -1).contiguous()
-    BANK_UPDATE.kernels[backend](bank, rows, embeddings, momentum)
-
-
-@_update_bank_op.register_fake
-def _(bank, indices, embeddings, momentum, backend):
-    return None
-
-
 # ---- public API --------------------------------------------------------------------------
-
-def _overlaps(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` share any bytes of memory (a view of the other, say)."""
-    if a.device != b.device or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-    def span(t):
-        start = t.data_ptr()
-        extent = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
-        return start, start + (extent + 1) * t.element_size()
-    (a0, a1), (b0, b1) = span(a), span(b)
-    return a0 < b1 and b0 < a1
-
 
 def _call(device: torch.device, queries: Tensor, keys: Tensor, k: Optional[int] = None) -> Call:
     return Call(device, dim=queries.shape[1], k=k, dtype=keys.dtype)
@@ -201,35 +172,3 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     return torch.ops.llp.aggregation_grad(
         queries.detach(), bank.detach(), bank_labels, query_labels, lse_all.float().contiguous(),
         lse_same.float().contiguous(), grad_output.float().contiguous(), tau, name)
-
-
-def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float = BANK_MOMENTUM, *, backend: str = "auto") -> Tensor:
-    """In place: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` (Wu et al. 2018).
-
-    bank [N, D] contiguous float32/bf16/fp16, indices [B] int in [0, N), embeddings [B, D]
-    float32/bf16/fp16, momentum m in [0, 1]. Mixes in fp32, stores in the bank's dtype.
-    Duplicate indices: the last occurrence wins (the row is mixed once, from its old
-    value). Returns ``bank``.
-    """
-    check.embeddings("bank", bank)
-    if bank.requires_grad:
-        raise ValueError("bank must not require grad: it is updated in place, which autograd cannot "
-                         "follow (keep the bank a buffer, or pass bank.detach(), which shares its memory)")
-    if not bank.is_contiguous():
-        raise ValueError("bank must be contiguous: it is updated in place, so it cannot be "
-                         "copied (call .contiguous() once when creating it)")
-    check.labels("indices", indices, None, "embeddings")
-    check.embeddings("embeddings", embeddings, bank.shape[1], "bank")
-    if embeddings.shape[0] != indices.shape[0]:
-        raise ValueError(f"indices must have one entry per row of embeddings "
-                         f"({embeddings.shape[0]}), got {indices.shape[0]}")
-    if _overlaps(embeddings, bank):
-        embeddings = embeddings.clone()  # every row must mix with the bank's old values
-    device = check.same_device(bank=bank, indices=indices, embeddings=embeddings)
-    momentum = check.unit_interval("momentum", momentum)
-    name = resolve((BANK_UPDATE,), backend, _call(device, embeddings, bank))
-    with torch.no_grad():
-        torch.ops.llp.update_memory_bank_(bank, indices.long().contiguous(),
-                                          embeddings.detach().contiguous(), momentum, name)
-    return bank

@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from ._aggregation_rules import backward_inputs
-from .defaults import BANK_MOMENTUM, TAU
+from .defaults import TAU
+from .ops.bank_update import last_occurrence_mask, reference_update_memory_bank_ as update_memory_bank_
 from .ops.class_vote import vote as class_vote
 from .ops.density import reference_local_density as local_density
 from .ops.propagate import reference_propagate_labels as propagate_labels
 from .ops.topk import rank_descending, reference_topk_similarity as topk_similarity
-from .ops.normalize import normalize_rows
 from .ops._similarity import compute_dtype as _compute_dtype, logits as _logits
 
 
@@ -104,31 +104,3 @@ def scaled_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
     p_same = torch.where(mask, torch.exp(logits - lse_same.to(dtype)[:, None]), 0.0)
     weights = torch.where(scale != 0, scale * (p_all - p_same), 0.0)
     return weights @ bank.to(dtype)
-
-
-def last_occurrence_mask(indices: Tensor) -> Tensor:
-    """bool [B]: whether ``indices[b]`` is the last occurrence of its value. This is the
-    duplicate rule of the bank update: the last one wins."""
-    sorted_idx, order = torch.sort(indices, stable=True)
-    is_last = torch.ones_like(sorted_idx, dtype=torch.bool)
-    is_last[:-1] = sorted_idx[1:] != sorted_idx[:-1]
-    return torch.zeros_like(is_last).scatter_(0, order, is_last)
-
-
-def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float = BANK_MOMENTUM) -> Tensor:
-    """Memory-bank update (Wu et al. 2018), in place, returns ``bank``.
-
-    ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` for each ``(i, v)`` of
-    ``(indices, embeddings)``, mixing in fp32 and storing in the bank's dtype.
-    ``normalize`` is ``normalize_rows``: every finite mix becomes a unit row, however large
-    or small, an all-zero mix stays zero, and a row whose mix is not finite becomes all
-    NaN. When an index repeats within the call, the last occurrence wins: the row is
-    mixed once, from its old value.
-    """
-    keep = last_occurrence_mask(indices) & (indices >= 0)  # kernels' callers mark skipped rows -1
-    rows = indices[keep].long()
-    dtype = _compute_dtype(bank, embeddings)
-    mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
-    bank[rows] = normalize_rows(mixed).to(bank.dtype)
-    return bank

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .._extension import dtype_code, extension, extension_error, ptr
 from .. import _unmoved_ops as ops
+from ..ops.bank_update import BANK_UPDATE
 from ..ops.topk import TOPK
 from ..registry import Backend, register_backend, register_kernel
 
@@ -136,10 +137,10 @@ def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
     return values, indices
 
 
-@register_kernel(ops.BANK_UPDATE, "cpu")
+@register_kernel(BANK_UPDATE, "cpu")
 def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
                        momentum: float) -> None:
-    """``indices`` < N, -1 for rows to skip (the ops layer marks duplicates and checks)."""
+    """``indices`` < N, -1 for rows to skip (``ops.bank_update`` marks duplicates and checks)."""
     extension().cpu_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0], bank.shape[1],
                                 ptr(indices), ptr(embeddings), dtype_code(embeddings, "embeddings"),
                                 indices.shape[0], momentum, _threads())

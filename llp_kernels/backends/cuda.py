@@ -17,6 +17,7 @@ from torch import Tensor
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
 from .._aggregation_rules import combine_partials
 from .. import _unmoved_ops as ops
+from ..ops.bank_update import BANK_UPDATE
 from ..ops.topk import TOPK, TopkLimits, kept_size, merge_candidates
 from ..registry import Backend, Call, Limits, register_backend, register_kernel
 from . import fp32_as_tf32
@@ -109,7 +110,7 @@ def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
     return parts.sum(dim=0)[:B, :D]
 
 
-@register_kernel(ops.BANK_UPDATE, "cuda", limits=LIMITS)
+@register_kernel(BANK_UPDATE, "cuda", limits=LIMITS)
 def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
                        momentum: float) -> None:
     extension().cuda_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0],

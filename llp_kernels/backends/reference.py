@@ -6,6 +6,7 @@ It materialises every ``[rows x N]`` similarity matrix, so it is the slowest bac
 from __future__ import annotations
 
 from .. import _unmoved_ops as ops
+from ..ops.bank_update import BANK_UPDATE, reference_update_memory_bank_
 from ..ops.topk import TOPK, reference_topk_similarity
 from .. import reference
 from ..registry import Backend, register_backend, register_kernel
@@ -21,4 +22,4 @@ register_backend(Backend(
 register_kernel(ops.AGGREGATION_LSE, "reference")(reference.aggregation_lse)
 register_kernel(ops.AGGREGATION_GRAD, "reference")(reference.scaled_grad)
 register_kernel(TOPK, "reference")(reference_topk_similarity)
-register_kernel(ops.BANK_UPDATE, "reference")(reference.update_memory_bank_)
+register_kernel(BANK_UPDATE, "reference")(reference_update_memory_bank_)

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ... import _unmoved_ops as ops
+from ...ops.bank_update import BANK_UPDATE
 from ...ops.topk import RESCORE_MARGIN, TOPK, TopkLimits
 from ...registry import Backend, Call, Limits, register_backend, register_kernel
 
@@ -88,7 +89,7 @@ def launch_topk(*args):
     return launch_topk(*args)
 
 
-@register_kernel(ops.BANK_UPDATE, "triton", limits=LIMITS)
+@register_kernel(BANK_UPDATE, "triton", limits=LIMITS)
 def launch_bank_update(*args):
     from .bank_update import launch_bank_update
     return launch_bank_update(*args)

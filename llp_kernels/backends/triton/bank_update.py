@@ -2,7 +2,7 @@
 the new embedding, mixes them in fp32, re-normalises and scatters the row back in the
 bank's dtype: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)``, with ``normalize`` as
 ``llp_kernels.normalize_rows`` (scaled first, so right for every finite mix).
-Non-negative indices arrive unique (the ops layer marks every earlier duplicate -1,
+Non-negative indices arrive unique (``ops.bank_update`` marks every earlier duplicate -1,
 which is skipped), so programs never race on a row.
 """
 from __future__ import annotations
