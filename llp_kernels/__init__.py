@@ -13,20 +13,17 @@
 Every function takes ``backend="auto"|"reference"|"cpu"|"triton"|"cuda"``; the environment
 variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what runs here.
 """
-from . import defaults, reference, registry
+from .ops.aggregation import aggregation_grad, aggregation_loss, aggregation_lse
+from .ops.topk import topk_similarity
 from .ops.bank_update import update_memory_bank_
 from .ops.class_vote import class_vote
 from .ops.density import local_density
 from .ops.normalize import normalize_rows
 from .ops.propagate import propagate_labels
-from .ops.topk import topk_similarity
-from ._unmoved_ops import (
-    aggregation_grad,
-    aggregation_loss,
-    aggregation_lse,
-)
+from . import defaults, reference, registry
 from .registry import available_backends, unusable_reason, usable_backends
-# Importing a backend registers it and its launchers; BACKENDS keeps this order.
+# Importing an op module makes its handle, a backend registers itself and its launchers;
+# OPS and BACKENDS keep the order of these imports.
 from .backends import reference as _reference, cpu as _cpu, triton as _triton, cuda as _cuda  # isort: skip
 
 BACKENDS = tuple(registry.BACKENDS)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._extension import dtype_code, extension, extension_error, ptr
-from .. import _unmoved_ops as ops
+from ..ops.aggregation import GRAD, LSE
 from ..ops.bank_update import BANK_UPDATE
 from ..ops.topk import TOPK
 from ..registry import Backend, register_backend, register_kernel
@@ -72,7 +72,7 @@ def _dots(queries32: Tensor, key_tile32: Tensor, buffer: Tensor) -> Tensor:
     return out
 
 
-@register_kernel(ops.AGGREGATION_LSE, "cpu")
+@register_kernel(LSE, "cpu")
 def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                tau: float) -> Tuple[Tensor, Tensor]:
     C = extension()
@@ -92,7 +92,7 @@ def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels:
     return m_all + torch.log(s_all), m_same + torch.log(s_same)
 
 
-@register_kernel(ops.AGGREGATION_GRAD, "cpu")
+@register_kernel(GRAD, "cpu")
 def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                 lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     C = extension()

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
-from .._aggregation_rules import combine_partials
-from .. import _unmoved_ops as ops
+from ..ops.aggregation import GRAD, LSE, combine_partials
 from ..ops.bank_update import BANK_UPDATE
 from ..ops.topk import TOPK, TopkLimits, kept_size, merge_candidates
 from ..registry import Backend, Call, Limits, register_backend, register_kernel
@@ -76,7 +75,7 @@ def _exact_fp32(bank: Tensor) -> bool:
     return bank.dtype == torch.float32 and not fp32_as_tf32()
 
 
-@register_kernel(ops.AGGREGATION_LSE, "cuda", limits=LIMITS)
+@register_kernel(LSE, "cuda", limits=LIMITS)
 def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                tau: float) -> Tuple[Tensor, Tensor]:
     B, D = queries.shape
@@ -92,7 +91,7 @@ def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels:
     return combine_partials(parts)
 
 
-@register_kernel(ops.AGGREGATION_GRAD, "cuda", limits=LIMITS)
+@register_kernel(GRAD, "cuda", limits=LIMITS)
 def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                 lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     B, D = queries.shape

@@ -5,10 +5,9 @@ It materialises every ``[rows x N]`` similarity matrix, so it is the slowest bac
 """
 from __future__ import annotations
 
-from .. import _unmoved_ops as ops
+from ..ops.aggregation import GRAD, LSE, reference_aggregation_lse, reference_scaled_grad
 from ..ops.bank_update import BANK_UPDATE, reference_update_memory_bank_
 from ..ops.topk import TOPK, reference_topk_similarity
-from .. import reference
 from ..registry import Backend, register_backend, register_kernel
 
 register_backend(Backend(
@@ -19,7 +18,7 @@ register_backend(Backend(
     auto_priority=100,  # the fallback: every other backend is tried first
 ))
 
-register_kernel(ops.AGGREGATION_LSE, "reference")(reference.aggregation_lse)
-register_kernel(ops.AGGREGATION_GRAD, "reference")(reference.scaled_grad)
+register_kernel(LSE, "reference")(reference_aggregation_lse)
+register_kernel(GRAD, "reference")(reference_scaled_grad)
 register_kernel(TOPK, "reference")(reference_topk_similarity)
 register_kernel(BANK_UPDATE, "reference")(reference_update_memory_bank_)

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ... import _unmoved_ops as ops
+from ...ops.aggregation import GRAD, LSE
 from ...ops.bank_update import BANK_UPDATE
 from ...ops.topk import RESCORE_MARGIN, TOPK, TopkLimits
 from ...registry import Backend, Call, Limits, register_backend, register_kernel
@@ -71,13 +71,13 @@ register_backend(Backend(
 LIMITS = Limits(max_dim=MAX_DIM)
 
 
-@register_kernel(ops.AGGREGATION_LSE, "triton", limits=LIMITS)
+@register_kernel(LSE, "triton", limits=LIMITS)
 def launch_lse(*args):
     from .aggregation import launch_lse
     return launch_lse(*args)
 
 
-@register_kernel(ops.AGGREGATION_GRAD, "triton", limits=LIMITS)
+@register_kernel(GRAD, "triton", limits=LIMITS)
 def launch_grad(*args):
     from .aggregation import launch_grad
     return launch_grad(*args)

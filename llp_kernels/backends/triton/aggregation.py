@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..._aggregation_rules import combine_partials
+from ...ops.aggregation import combine_partials
 from ._launch import (Launch, blocks, fma_block_n, input_precision, program_rows, same_label,
                       similarity_tile, split_n, widen_16bit)
 
