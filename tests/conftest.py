@@ -19,8 +19,8 @@ KERNEL_BACKENDS = [name for name in lk.BACKENDS if name != "reference"]
 
 
 def backend_cases(op):
-    """pytest params (backend, device) for every kernel backend on every device type its
-    record lists; pairs that cannot run ``op`` here are skipped with the reason."""
+    """pytest params (backend, device) for every kernel backend on every device type it
+    registered for; pairs that cannot run ``op`` here are skipped with the reason."""
     cases = []
     for backend in KERNEL_BACKENDS:
         for device in registry.BACKENDS[backend].devices:
