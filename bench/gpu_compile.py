@@ -224,7 +224,7 @@ def verdict(c: Config) -> str:
 
 
 def triton_configs(arches: List[int], full: bool) -> List[Config]:
-    """The configurations a launch can choose inside the triton record's limits. Default:
+    """The configurations a launch can choose inside the limits the triton backend registers. Default:
     the boundaries, where resources peak or the code changes shape: every dtype and
     precision at the largest D with the larger block height and, for top-k, the largest
     kept list; the smallest D and kept list. ``full`` adds the interior."""

@@ -154,7 +154,7 @@ def estimate(args) -> Dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from llp_kernels.backends._packed_topk import kept_size
+    from llp_kernels.ops.topk import kept_size
 
     torch_dtype = getattr(torch, DTYPES[args.dtype][0])
     kp = kept_size(args.k, args.n, torch_dtype)

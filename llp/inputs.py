@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from llp_kernels._dispatch import Call, resolve
+from llp_kernels.registry import OPS, Call, resolve
 
 # Class ids index per-class arrays (vote counts, one-hot shares, the classifier's output
 # layer), so they are bounded before anything is allocated: ids 0 .. 2**20 - 1, i.e. at
@@ -88,7 +88,7 @@ def usable_backend(backend: str, device: torch.device, ops: Sequence[str], dim: 
     """The backend (or ``LLP_BACKEND`` for auto) can run ``ops`` on ``device`` for rows of
     ``dim`` and top-k lists of ``k``: the kernels' own dispatch rule, checked up front."""
     try:
-        resolve(tuple(ops), backend, Call(device, dim=dim, k=k, dtype=dtype))
+        resolve(tuple(OPS[op] for op in ops), backend, Call(device, dim=dim, k=k, dtype=dtype))
     except ValueError as exc:
         raise InputError(f"{flag} {backend}: {exc}") from None
 

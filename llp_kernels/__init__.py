@@ -13,19 +13,21 @@
 Every function takes ``backend="auto"|"reference"|"cpu"|"triton"|"cuda"``; the environment
 variable ``LLP_BACKEND`` overrides ``auto``. ``available_backends()`` says what runs here.
 """
-from . import defaults, reference
-from ._normalize import normalize_rows
-from ._dispatch import BACKENDS, OPS, available_backends, unusable_reason, usable_backends
-from .ops import (
-    aggregation_grad,
-    aggregation_loss,
-    aggregation_lse,
-    class_vote,
-    local_density,
-    propagate_labels,
-    topk_similarity,
-    update_memory_bank_,
-)
+from .ops.aggregation import aggregation_grad, aggregation_loss, aggregation_lse
+from .ops.topk import topk_similarity
+from .ops.bank_update import update_memory_bank_
+from .ops.class_vote import class_vote
+from .ops.density import local_density
+from .ops.normalize import normalize_rows
+from .ops.propagate import propagate_labels
+from . import defaults, reference, registry
+from .registry import available_backends, unusable_reason, usable_backends
+# Importing an op module makes its handle, a backend registers itself and its launchers;
+# OPS and BACKENDS keep the order of these imports.
+from .backends import reference as _reference, cpu as _cpu, triton as _triton, cuda as _cuda  # isort: skip
+
+BACKENDS = tuple(registry.BACKENDS)
+OPS = tuple(registry.OPS)
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "normalize_rows",
     "propagate_labels",
     "reference",
+    "registry",
     "topk_similarity",
     "unusable_reason",
     "update_memory_bank_",

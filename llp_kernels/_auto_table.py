@@ -7,7 +7,7 @@ for each op when benchmarked there, with the date and the results file it came f
                   "fastest": {"aggregation_lse": "cuda", "topk_similarity": "triton", ...}}]}
 
 ``python -m bench.auto_table RESULTS.json`` writes an entry from a benchmark run. A GPU
-with no entry (or an op without one) falls back to the records' ``auto_priority`` order (``_dispatch``).
+with no entry (or an op without one) falls back to the backends' ``auto_priority`` order (``registry``).
 """
 from __future__ import annotations
 

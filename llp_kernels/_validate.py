@@ -26,7 +26,8 @@ INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 TAU_MIN = 1e-6
 
 
-def _is_tensor(name: str, t) -> torch.Tensor:
+def tensor(name: str, t) -> torch.Tensor:
+    """``t`` itself, when it is a tensor."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     return t
@@ -34,7 +35,7 @@ def _is_tensor(name: str, t) -> torch.Tensor:
 
 def embeddings(name: str, t, dim: Optional[int] = None, dim_from: str = "") -> torch.Tensor:
     """A non-empty 2-D float32/bfloat16/float16 tensor [rows, D] (D == dim if given)."""
-    _is_tensor(name, t)
+    tensor(name, t)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
     if t.dim() != 2:
@@ -61,7 +62,7 @@ def _one_per_row(name: str, t: torch.Tensor, length: Optional[int], length_from:
 
 def labels(name: str, t, length: Optional[int], length_from: str) -> torch.Tensor:
     """A 1-D integer tensor with ``length`` entries (any length when None)."""
-    _is_tensor(name, t)
+    tensor(name, t)
     if t.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name} must be an integer tensor (int64 or int32), got {t.dtype}")
     return _one_per_row(name, t, length, length_from)
@@ -69,27 +70,10 @@ def labels(name: str, t, length: Optional[int], length_from: str) -> torch.Tenso
 
 def bias(name: str, t, length: int, length_from: str) -> torch.Tensor:
     """A 1-D float tensor with ``length`` entries."""
-    _is_tensor(name, t)
+    tensor(name, t)
     if not t.dtype.is_floating_point:
         raise TypeError(f"{name} must be a float tensor, got {t.dtype}")
     return _one_per_row(name, t, length, length_from)
-
-
-def vote_inputs(scores, neighbour_labels) -> None:
-    """``scores`` a 2-D float tensor [Q, K] with K >= 1, ``neighbour_labels`` an integer
-    tensor of the same shape."""
-    _is_tensor("scores", scores)
-    _is_tensor("neighbour_labels", neighbour_labels)
-    if not scores.dtype.is_floating_point:
-        raise TypeError(f"scores must be a float tensor, got {scores.dtype}")
-    if scores.dim() != 2 or scores.shape[1] == 0:
-        raise ValueError(f"scores must be 2-D [queries, K] with K >= 1, got shape {tuple(scores.shape)}")
-    if neighbour_labels.dtype not in INDEX_DTYPES:
-        raise TypeError(f"neighbour_labels must be an integer tensor (int64 or int32), got "
-                        f"{neighbour_labels.dtype}")
-    if neighbour_labels.shape != scores.shape:
-        raise ValueError(f"neighbour_labels must have the shape of scores {tuple(scores.shape)} (one "
-                         f"label per score), got {tuple(neighbour_labels.shape)}")
 
 
 def same_device(**tensors: Optional[torch.Tensor]) -> torch.device:

@@ -1,5 +1,7 @@
 """Plain, materialising PyTorch versions of every op: the oracle the kernels are tested
-against, and the ``reference`` backend.
+against. Each is written in its op's module (``llp_kernels/ops/``), next to the op it
+defines, as ``reference_<op>``; this module gathers them under the ops' own names.
+The ``reference`` backend runs them as its kernels.
 
 Readable above all. Each function builds the full ``[rows x N]`` logits, so memory is
 O(rows * N). Computation runs in fp32, or fp64 when given fp64 inputs (the tests use
@@ -14,237 +16,19 @@ touches. A log-sum-exp over a non-finite logit is NaN; a top-k ranks a NaN score
 every number (so it never displaces a finite neighbour); a vote over a NaN score gives
 confidence NaN and label -1; a bank row mixed with a non-finite value becomes all NaN.
 """
-from __future__ import annotations
+from .ops.aggregation import reference_aggregation_grad as aggregation_grad
+from .ops.aggregation import reference_aggregation_loss as aggregation_loss
+from .ops.aggregation import reference_aggregation_lse as aggregation_lse
+from .ops.aggregation import reference_scaled_grad as scaled_grad
+from .ops.bank_update import last_occurrence_mask
+from .ops.bank_update import reference_update_memory_bank_ as update_memory_bank_
+from .ops.class_vote import vote as class_vote
+from .ops.density import reference_local_density as local_density
+from .ops.normalize import normalize_rows
+from .ops.propagate import reference_propagate_labels as propagate_labels
+from .ops.topk import rank_descending
+from .ops.topk import reference_topk_similarity as topk_similarity
 
-from typing import Optional, Tuple
-
-import torch
-from torch import Tensor
-
-from ._aggregation_rules import backward_inputs
-from .defaults import BANK_MOMENTUM, K, T, TAU
-from ._normalize import normalize_rows
-from .backends._record import Backend
-
-
-def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None and t.dtype == torch.float64:
-            dtype = torch.float64
-    return dtype
-
-
-def _logits(queries: Tensor, keys: Tensor, tau: float) -> Tensor:
-    """``s[b, j] = q_b . key_j / tau``, shape [B, N], in the compute dtype."""
-    dtype = _compute_dtype(queries, keys)
-    return queries.to(dtype) @ keys.to(dtype).T / tau
-
-
-def _same_label_mask(bank_labels: Tensor, query_labels: Tensor) -> Tensor:
-    """``mask[b, j] = bank_labels[j] == query_labels[b]``; a bank label < 0 never matches."""
-    return (bank_labels[None, :] == query_labels[:, None]) & (bank_labels[None, :] >= 0)
-
-
-def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                    tau: float = TAU) -> Tuple[Tensor, Tensor]:
-    """The two log-sum-exps of the aggregation loss (paper eq. 1-2).
-
-    ``lse_all[b]  = logsumexp_j s(q_b, bank_j)`` over all N rows,
-    ``lse_same[b] = logsumexp_{j: bank_labels[j] == query_labels[b]} s(q_b, bank_j)``
-    (``-inf`` when no row carries the label). Shapes: queries [B, D], bank [N, D],
-    labels [N] and [B]; returns two [B] tensors.
-    """
-    logits = _logits(queries, bank, tau)
-    mask = _same_label_mask(bank_labels, query_labels)
-    bad = ~torch.isfinite(logits)
-    lse_all = torch.logsumexp(logits, dim=1)
-    lse_same = torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=1)
-    return (torch.where(bad.any(dim=1), float("nan"), lse_all),
-            torch.where((bad & mask).any(dim=1), float("nan"), lse_same))
-
-
-def aggregation_loss(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     tau: float = TAU) -> Tensor:
-    """Aggregation loss ``L_A(v) = -log P(A | v)`` (paper eq. 1-2), per query [B].
-
-    ``loss[b] = lse_all[b] - lse_same[b] >= 0``; ``+inf`` when no bank row carries
-    ``query_labels[b]``. Differentiable in ``queries`` only: the bank is a buffer and is
-    detached. The gradient of a ``+inf`` entry is defined as zero (the loss is constant
-    there), matching every backend.
-    """
-    bank = bank.detach()
-    logits = _logits(queries, bank, tau)
-    mask = _same_label_mask(bank_labels, query_labels)
-    has_positive = mask.any(dim=1)
-    lse_all = torch.logsumexp(logits, dim=1)
-    # Rows without positives get a dummy finite value so autograd sees no NaN; torch.where
-    # then replaces their loss by +inf and sends them zero gradient.
-    safe = torch.where(mask | ~has_positive[:, None], logits, torch.full_like(logits, float("-inf")))
-    lse_same = torch.logsumexp(safe, dim=1)
-    loss = lse_all - lse_same
-    loss = torch.where(has_positive, loss, torch.full_like(loss, float("inf")))
-    return torch.where(torch.isfinite(logits).all(dim=1), loss, float("nan"))
-
-
-def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, tau: float = TAU,
-                     grad_output: Optional[Tensor] = None) -> Tensor:
-    """``d(sum_b g_b loss[b]) / dq`` for this bank (or shard), given the global LSEs.
-
-    ``dq_b = g_b / tau * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)`` with
-    ``p_bj = exp(s_bj - lse_all[b])`` and ``p'_bj = exp(s_bj - lse_same[b])``. Rows whose
-    LSEs are not finite (no positive anywhere) get zero. Returns [B, D].
-    """
-    g = torch.ones_like(lse_all) if grad_output is None else grad_output
-    scale, lse_all, lse_same = backward_inputs(lse_all, lse_same, g, tau)
-    return scaled_grad(queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, tau)
-
-
-def scaled_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
-    """``dq_b = scale_b * (sum_j p_bj bank_j - sum_{j in A_b} p'_bj bank_j)`` [B, D], the
-    backend form of ``aggregation_grad`` (``scale`` and LSEs from
-    ``llp_kernels._aggregation_rules.backward_inputs``); rows with ``scale = 0`` get exactly zero."""
-    dtype = _compute_dtype(queries, bank, lse_all)
-    logits = _logits(queries, bank, tau)
-    mask = _same_label_mask(bank_labels, query_labels)
-    scale = scale.to(dtype)[:, None]
-    p_all = torch.exp(logits - lse_all.to(dtype)[:, None])
-    p_same = torch.where(mask, torch.exp(logits - lse_same.to(dtype)[:, None]), 0.0)
-    weights = torch.where(scale != 0, scale * (p_all - p_same), 0.0)
-    return weights @ bank.to(dtype)
-
-
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float = TAU,
-                    key_bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The k largest ``s(q, key_j) - key_bias[j]`` per query.
-
-    queries [Q, D], keys [N, D], key_bias [N] or None. Returns values [Q, k] sorted
-    descending and their int64 key indices [Q, k] (``rank_descending``'s order: among
-    equal values the lower index first, NaN scores last).
-    """
-    scores = _logits(queries, keys, tau)
-    if key_bias is not None:
-        scores = scores - key_bias.to(scores.dtype)[None, :]
-    order = rank_descending(scores)[:, :k].contiguous()
-    return torch.gather(scores, 1, order), order
-
-
-def rank_descending(scores: Tensor) -> Tensor:
-    """Positions [Q, N] that sort each row of ``scores`` descending: among equal values the
-    lower position first, and NaN after every number (even -inf). The top-k order."""
-    order = torch.sort(torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"),
-                                        neginf=float("-inf")), dim=1, descending=True, stable=True).indices
-    nan_last = torch.sort(torch.isnan(torch.gather(scores, 1, order)).to(torch.int8), dim=1, stable=True).indices
-    return torch.gather(order, 1, nan_last)
-
-
-def local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau: float = TAU) -> Tensor:
-    """Log local density of each labeled point (paper eq. 4), [M].
-
-    ``log_density[i] = logsumexp_{k in N_T(l_i)} s(l_i, u_k)`` over the T most similar
-    unlabeled rows. The paper's P(v_i, v_k) also divides by a global normaliser Z; it is
-    the same for every labeled point and cancels in the normalised votes of
-    ``propagate_labels``, so it is dropped.
-    """
-    values, _ = topk_similarity(labeled, unlabeled, t, tau)
-    return torch.logsumexp(values, dim=1)
-
-
-def propagate_labels(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
-                     log_density: Optional[Tensor], k: int = K, tau: float = TAU,
-                     num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """Density-weighted label propagation (paper eq. 5), per query.
-
-    ``score_i = s(q, l_i) - log_density[i]`` over the M labeled rows; the K best form
-    ``N_K(q)``; ``w_c = sum_{i in N_K(q), y_i = c} exp(score_i - max score)``;
-    ``p_c = w_c / sum_c w_c``; returns ``argmax_c p_c`` (int64 [Q], lowest class on a tie)
-    and ``max_c p_c`` (the confidence, [Q]). ``log_density=None`` gives plain weighted kNN
-    (the NoDW ablation). The per-query normaliser of P(v_i | v) cancels.
-    """
-    if num_classes is None:
-        num_classes = int(labeled_labels.max()) + 1
-    scores, neighbours = topk_similarity(queries, labeled, k, tau, key_bias=log_density)
-    return class_vote(scores, labeled_labels.long()[neighbours], num_classes)
-
-
-def class_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """The vote of ``propagate_labels`` (paper eq. 5) over already chosen neighbours.
-
-    scores [Q, K] (any order), neighbour_labels [Q, K] int: each neighbour's class, or -1
-    for a neighbour without a label, which casts no vote (it is left out of every w_c and
-    of their sum). Over the voting neighbours, ``w_c = sum_{k: label = c} exp(score_k -
-    max score)``; returns ``argmax_c w_c`` (lowest class on a tie) int64 [Q] and
-    ``max_c w_c / sum_c w_c`` [Q]. A row with no voting neighbour gets label -1 and
-    confidence 0 (no label reaches it); a row whose voting weights are not finite (a NaN
-    or infinite score) gets label -1 and confidence NaN. ``num_classes`` is not needed
-    (the public ``class_vote`` checks labels against it). Memory O(Q K), whatever the
-    number of classes.
-    """
-    dtype = _compute_dtype(scores)
-    scores, labels = scores.to(dtype), neighbour_labels.long()
-    voting = labels >= 0
-    top = torch.where(voting, scores, float("-inf")).amax(dim=1, keepdim=True)
-    weights = torch.where(voting, torch.exp(scores - top), 0.0)
-    labels, order = torch.sort(labels, dim=1, stable=True)
-    weights = torch.gather(weights, 1, order)
-    # Runs of equal labels in each sorted row: sum the weights of each run. The -1 run
-    # sums to 0, below the best voter's own weight of 1.
-    starts = torch.ones_like(labels, dtype=torch.bool)
-    starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
-    run = torch.cumsum(starts.long(), dim=1) - 1
-    votes = torch.zeros_like(weights).scatter_add_(1, run, weights)
-    best, best_run = votes.max(dim=1)
-    first_of_run = torch.where(starts, run, labels.shape[1])
-    position = (first_of_run == best_run[:, None]).long().argmax(dim=1)
-    label = torch.gather(labels, 1, position[:, None]).squeeze(1)
-    confidence = best / weights.sum(dim=1)
-    usable = torch.isfinite(confidence)
-    label = torch.where(usable, label, -1)
-    confidence = torch.where(usable, confidence, float("nan"))
-    reached = voting.any(dim=1)
-    return torch.where(reached, label, -1), torch.where(reached, confidence, 0.0)
-
-
-def last_occurrence_mask(indices: Tensor) -> Tensor:
-    """bool [B]: whether ``indices[b]`` is the last occurrence of its value. This is the
-    duplicate rule of the bank update: the last one wins."""
-    sorted_idx, order = torch.sort(indices, stable=True)
-    is_last = torch.ones_like(sorted_idx, dtype=torch.bool)
-    is_last[:-1] = sorted_idx[1:] != sorted_idx[:-1]
-    return torch.zeros_like(is_last).scatter_(0, order, is_last)
-
-
-def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float = BANK_MOMENTUM) -> Tensor:
-    """Memory-bank update (Wu et al. 2018), in place, returns ``bank``.
-
-    ``bank[i] = normalize(m * bank[i] + (1 - m) * v)`` for each ``(i, v)`` of
-    ``(indices, embeddings)``, mixing in fp32 and storing in the bank's dtype.
-    ``normalize`` is ``normalize_rows``: every finite mix becomes a unit row, however large
-    or small, an all-zero mix stays zero, and a row whose mix is not finite becomes all
-    NaN. When an index repeats within the call, the last occurrence wins: the row is
-    mixed once, from its old value.
-    """
-    keep = last_occurrence_mask(indices) & (indices >= 0)  # kernels' callers mark skipped rows -1
-    rows = indices[keep].long()
-    dtype = _compute_dtype(bank, embeddings)
-    mixed = momentum * bank[rows].to(dtype) + (1.0 - momentum) * embeddings[keep].to(dtype)
-    bank[rows] = normalize_rows(mixed).to(bank.dtype)
-    return bank
-
-
-def _update_kernel(bank: Tensor, indices: Tensor, embeddings: Tensor, momentum: float) -> None:
-    update_memory_bank_(bank, indices, embeddings, momentum)
-
-
-BACKEND = Backend(
-    name="reference",
-    summary="plain PyTorch, materialising (the oracle)",
-    devices=("cpu", "cuda"),
-    kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": scaled_grad,
-             "topk_similarity": topk_similarity, "update_memory_bank_": _update_kernel},
-    auto_devices=("cpu", "cuda"),
-    auto_priority=100,  # the fallback: every other backend is tried first
-)
+__all__ = ["aggregation_grad", "aggregation_loss", "aggregation_lse", "class_vote", "last_occurrence_mask",
+           "local_density", "normalize_rows", "propagate_labels", "rank_descending", "scaled_grad",
+           "topk_similarity", "update_memory_bank_"]

@@ -13,21 +13,21 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import llp_kernels as lk  # noqa: E402
-from llp_kernels import _dispatch  # noqa: E402
+from llp_kernels import registry  # noqa: E402
 
-KERNEL_BACKENDS = [name for name in _dispatch.BACKENDS if name != "reference"]
+KERNEL_BACKENDS = [name for name in lk.BACKENDS if name != "reference"]
 
 
 def backend_cases(op):
-    """pytest params (backend, device) for every kernel backend on every device type its
-    record lists; pairs that cannot run ``op`` here are skipped with the reason."""
+    """pytest params (backend, device) for every kernel backend on every device type it
+    registered for; pairs that cannot run ``op`` here are skipped with the reason."""
     cases = []
     for backend in KERNEL_BACKENDS:
-        for device in _dispatch.record(backend).devices:
+        for device in registry.BACKENDS[backend].devices:
             if device == "cuda" and not torch.cuda.is_available():
                 why = "no CUDA device on this machine"
             else:
-                why = _dispatch.unusable_reason(backend, op, device)
+                why = lk.unusable_reason(backend, op, device)
             marks = [pytest.mark.skip(reason=f"{backend} on {device}: {why}")] if why else []
             if device == "cuda":
                 marks.append(pytest.mark.gpu)
@@ -38,7 +38,7 @@ def backend_cases(op):
 # Backends that round queries to a 16-bit bank's dtype for native tensor-core products
 # (and the aggregation backward's weights too): the oracle gets the same rounded queries,
 # and their 16-bit-bank gradients are held to bf16/fp16-level tolerance.
-ROUNDS_TO_BANK_DTYPE = {name for name, b in _dispatch.RECORDS.items() if b.rounds_queries_to_bank_dtype}
+ROUNDS_TO_BANK_DTYPE = {name for name, b in registry.BACKENDS.items() if b.rounds_queries_to_bank_dtype}
 
 
 def effective_queries(backend, queries, bank_dtype):

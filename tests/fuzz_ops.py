@@ -136,7 +136,7 @@ QUERY_AND_KEYS = {"aggregation_loss": ("queries", "bank"), "aggregation_lse": ("
 
 def rounded(op: str, args: dict, backend: str) -> dict:
     """The oracle's inputs: backends that round queries to a 16-bit bank see those."""
-    if op not in QUERY_AND_KEYS or not lk._dispatch.record(backend).rounds_queries_to_bank_dtype:
+    if op not in QUERY_AND_KEYS or not lk.registry.BACKENDS[backend].rounds_queries_to_bank_dtype:
         return args
     q, keys = QUERY_AND_KEYS[op]
     if args[keys].dtype == torch.float32:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import llp_kernels as lk
-from llp_kernels import _dispatch
+from llp_kernels import registry
 
 from conftest import unit_rows
 
@@ -36,13 +36,13 @@ def test_extension_was_built_with_cuda_when_nvcc_exists():
 
 
 def test_auto_picks_cpu_and_env_overrides(monkeypatch):
-    cpu = _dispatch.Call(torch.device("cpu"), dim=64)
-    ops = ("aggregation_lse", "aggregation_grad")
+    cpu = registry.Call(torch.device("cpu"), dim=64)
+    ops = (registry.OPS["aggregation_lse"], registry.OPS["aggregation_grad"])
     monkeypatch.delenv("LLP_BACKEND", raising=False)
-    assert _dispatch.resolve(ops, "auto", cpu) == "cpu"
+    assert registry.resolve(ops, "auto", cpu) == "cpu"
     monkeypatch.setenv("LLP_BACKEND", "reference")
-    assert _dispatch.resolve(ops, "auto", cpu) == "reference"
-    assert _dispatch.resolve(ops, "cpu", cpu) == "cpu"  # explicit wins
+    assert registry.resolve(ops, "auto", cpu) == "reference"
+    assert registry.resolve(ops, "cpu", cpu) == "cpu"  # explicit wins
     monkeypatch.setenv("LLP_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="LLP_BACKEND must be one of"):
         lk.topk_similarity(unit_rows(2, 64), unit_rows(5, 64), 2)
@@ -52,9 +52,9 @@ def test_env_backend_is_used_end_to_end(monkeypatch):
     """LLP_BACKEND=reference really routes the call (the reference never sorts ties by
     index, the cpu backend does: compare through a spy instead)."""
     calls = []
-    kernels = _dispatch.record("reference").kernels
-    original = kernels["topk_similarity"]
-    monkeypatch.setitem(kernels, "topk_similarity", lambda *a, **k: calls.append(1) or original(*a, **k))
+    kernels = registry.OPS["topk_similarity"].kernels
+    original = kernels["reference"]
+    monkeypatch.setitem(kernels, "reference", lambda *a, **k: calls.append(1) or original(*a, **k))
     monkeypatch.setenv("LLP_BACKEND", "reference")
     lk.topk_similarity(unit_rows(2, 64), unit_rows(5, 64), 2)
     assert calls == [1]

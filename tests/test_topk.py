@@ -21,13 +21,13 @@ KEY_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def k_limit(backend, device="cpu", D=128, dtype=torch.float32):
-    """The largest k a backend's record admits (larger k is its clear error, tested below)."""
-    from llp_kernels._dispatch import Call, record
-    return record(backend).max_k(Call(torch.device(device), dim=D, dtype=dtype))
+    """The largest k a backend declares for top-k (larger k is its clear error, tested below)."""
+    from llp_kernels.registry import OPS, Call
+    return OPS["topk_similarity"].limits[backend].max_k(Call(torch.device(device), dim=D, dtype=dtype))
 
 
 def shapes_for(backend, device, key_dtype=torch.float32):
-    """The shapes a backend's record admits for these keys (each shape's own D)."""
+    """The shapes a backend admits for these keys (each shape's own D)."""
     shapes = SMALL_SHAPES if interpreted(backend, device) else SHAPES
     return [s for s in shapes if (k_limit(backend, device, s[2], key_dtype) or s[3]) >= s[3]]
 

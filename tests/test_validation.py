@@ -169,16 +169,17 @@ def test_class_vote_rejects(backend, override, exc, words):
 
 
 def test_a_backend_limit_is_refused_before_any_launch():
-    """A record's D and k limits: a call beyond them is refused before any launch with a
-    ValueError naming the limit, and auto moves on to a backend that takes it."""
-    from llp_kernels._dispatch import RECORDS, Call, resolve
-    triton = RECORDS["triton"]
+    """A backend's declared D and k limits: a call beyond them is refused before any launch
+    with a ValueError naming the limit, and auto moves on to a backend that takes it."""
+    from llp_kernels.registry import OPS, Call, resolve
+    aggregation, topk = OPS["aggregation_lse"], OPS["topk_similarity"]
+    triton = aggregation.limits["triton"]
     call = Call(torch.device("cpu"), dim=triton.max_dim + 16, dtype=torch.float32)
-    assert f"D <= {triton.max_dim}" in triton.why_unusable("aggregation_lse", call)
-    limit = triton.max_k(Call(torch.device("cpu"), dim=128, dtype=torch.bfloat16))
+    assert f"D <= {triton.max_dim}" in aggregation.why_unusable("triton", call)
+    limit = topk.limits["triton"].max_k(Call(torch.device("cpu"), dim=128, dtype=torch.bfloat16))
     call = Call(torch.device("cpu"), dim=128, k=limit + 1, dtype=torch.bfloat16)
-    assert f"k <= {limit} for bfloat16 keys at D=128" in triton.why_unusable("topk_similarity", call)
+    assert f"k <= {limit} for bfloat16 keys at D=128" in topk.why_unusable("triton", call)
     with pytest.raises(ValueError, match=f"supports D <= {triton.max_dim}"):
         lk.aggregation_lse(unit_rows(2, triton.max_dim + 16), unit_rows(5, triton.max_dim + 16),
                            torch.zeros(5, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), backend="triton")
-    assert resolve(("topk_similarity",), "auto", Call(torch.device("cpu"), dim=64, k=5000)) == "cpu"
+    assert resolve((topk,), "auto", Call(torch.device("cpu"), dim=64, k=5000)) == "cpu"

@@ -89,7 +89,7 @@ void lse_grad_tile(float* dots, int64_t B, int64_t n, int64_t ld,
     const float g = scale[b];
     const float la = lse_all[b];
     const float ls = lse_same[b];
-    // scale 0 marks rows that get no gradient (llp_kernels._aggregation_rules.backward_inputs): skip
+    // scale 0 marks rows that get no gradient (llp_kernels.ops.aggregation.backward_inputs): skip
     // them rather than multiply 0 by exponentials of their placeholder LSEs.
     if (g == 0.0f) {
       for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;

@@ -6,7 +6,8 @@ dot products ``[rows, cols]`` into a single reused fp32 buffer (bounded to
 per-row state: the dual online log-sum-exp, the backward weights, or a top-k heap.
 Nothing ``B x N`` is ever allocated; bf16/fp16 banks are widened one tile at a time.
 
-Inputs arrive validated and contiguous (``llp_kernels.ops``); labels as int64.
+Each launcher is registered to its op (``register_kernel``) and receives its inputs
+validated and contiguous, labels as int64.
 """
 from __future__ import annotations
 
@@ -16,7 +17,26 @@ import torch
 from torch import Tensor
 
 from .._extension import dtype_code, extension, extension_error, ptr
-from ._record import Backend
+from ..ops.aggregation import GRAD, LSE
+from ..ops.bank_update import BANK_UPDATE
+from ..ops.topk import TOPK
+from ..registry import Backend, register_backend, register_kernel
+
+
+def _environment() -> str:
+    error = extension_error()
+    return "" if error is None else f"the compiled extension is unavailable ({error})"
+
+
+register_backend(Backend(
+    name="cpu",
+    summary="compiled C++ kernels over BLAS similarity tiles",
+    devices=("cpu",),
+    environment=_environment,
+    auto_devices=("cpu",),
+    auto_priority=0,
+    details=lambda: f"{torch.get_num_threads()} threads",
+))
 
 TILE_ELEMENTS = 1 << 20
 MIN_TILE_COLS = 256
@@ -52,8 +72,9 @@ def _dots(queries32: Tensor, key_tile32: Tensor, buffer: Tensor) -> Tensor:
     return out
 
 
-def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                    tau: float) -> Tuple[Tensor, Tensor]:
+@register_kernel(LSE, "cpu")
+def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+               tau: float) -> Tuple[Tensor, Tensor]:
     C = extension()
     q = _fp32(queries)
     B, N = q.shape[0], bank.shape[0]
@@ -71,8 +92,9 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
     return m_all + torch.log(s_all), m_same + torch.log(s_same)
 
 
-def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
+@register_kernel(GRAD, "cpu")
+def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     C = extension()
     q = _fp32(queries)
     B, N = q.shape[0], bank.shape[0]
@@ -88,8 +110,9 @@ def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_l
     return dq
 
 
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
-                    key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+@register_kernel(TOPK, "cpu")
+def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
+                key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     C = extension()
     q = _fp32(queries)
     Q, N = q.shape[0], keys.shape[0]
@@ -114,27 +137,10 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
     return values, indices
 
 
-def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float) -> None:
-    """``indices`` < N, -1 for rows to skip (the ops layer marks duplicates and checks)."""
+@register_kernel(BANK_UPDATE, "cpu")
+def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                       momentum: float) -> None:
+    """``indices`` < N, -1 for rows to skip (``ops.bank_update`` marks duplicates and checks)."""
     extension().cpu_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0], bank.shape[1],
                                 ptr(indices), ptr(embeddings), dtype_code(embeddings, "embeddings"),
                                 indices.shape[0], momentum, _threads())
-
-
-def _environment() -> str:
-    error = extension_error()
-    return "" if error is None else f"the compiled extension is unavailable ({error})"
-
-
-BACKEND = Backend(
-    name="cpu",
-    summary="compiled C++ kernels over BLAS similarity tiles",
-    devices=("cpu",),
-    kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
-             "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
-    environment=_environment,
-    auto_devices=("cpu",),
-    auto_priority=0,
-    details=lambda: f"{torch.get_num_threads()} threads",
-)

@@ -15,81 +15,13 @@ import torch
 from torch import Tensor
 
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
-from .._aggregation_rules import combine_partials
-from ._packed_topk import finish, kept_size
-from ._record import Backend, Call, fp32_as_tf32
+from ..ops.aggregation import GRAD, LSE, combine_partials
+from ..ops.bank_update import BANK_UPDATE
+from ..ops.topk import TOPK, TopkLimits, kept_size, merge_candidates
+from ..registry import Backend, Call, Limits, register_backend, register_kernel
+from . import fp32_as_tf32
 
 MIN_CAPABILITY = (8, 0)
-
-
-def _stream(t: Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
-
-
-def _exact_fp32(bank: Tensor) -> bool:
-    """fp32 products on tensor cores as TF32 when torch's float32 matmul precision allows
-    it; at 'highest' as 3xTF32 (hi/lo split), which keeps fp32 accuracy."""
-    return bank.dtype == torch.float32 and not fp32_as_tf32()
-
-
-def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                    tau: float) -> Tuple[Tensor, Tensor]:
-    B, D = queries.shape
-    N = bank.shape[0]
-    C = extension()
-    device = bank.device.index
-    splits, n_per_split, _, _ = C.cuda_aggregation_plan(B, N, D, dtype_code(bank, "bank"), False, device)
-    q = queries.to(bank.dtype).contiguous()
-    parts = torch.empty(4, splits, B, dtype=torch.float32, device=bank.device)
-    C.cuda_aggregation_forward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
-                               ptr(query_labels), ptr(parts), B, N, D, splits, n_per_split,
-                               1.0 / tau, _exact_fp32(bank), device, _stream(bank))
-    return combine_partials(parts)
-
-
-def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
-    B, D = queries.shape
-    N = bank.shape[0]
-    C = extension()
-    device = bank.device.index
-    splits, n_per_split, rows_padded, dim_padded = C.cuda_aggregation_plan(
-        B, N, D, dtype_code(bank, "bank"), True, device)
-    q = queries.to(bank.dtype).contiguous()
-    parts = torch.empty(splits, rows_padded, dim_padded, dtype=torch.float32, device=bank.device)
-    C.cuda_aggregation_backward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
-                                ptr(query_labels), ptr(lse_all), ptr(lse_same), ptr(scale), ptr(parts),
-                                B, N, D, splits, n_per_split, 1.0 / tau, _exact_fp32(bank), device,
-                                _stream(bank))
-    return parts.sum(dim=0)[:B, :D]
-
-
-def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float) -> None:
-    extension().cuda_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0],
-                                 bank.shape[1], ptr(indices), ptr(embeddings),
-                                 dtype_code(embeddings, "embeddings"), indices.shape[0],
-                                 momentum, bank.device.index, _stream(bank))
-
-
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
-                    key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Fused mma.sync similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
-    16-bit keys keep up to RESCORE_MARGIN extra candidates (fewer when k + margin would
-    pass the kept-list limit) that are re-scored in fp32 on the host."""
-    Q, D = queries.shape
-    N = keys.shape[0]
-    C = extension()
-    rescore = keys.dtype != torch.float32
-    kp = min(kept_size(k, N, keys.dtype, smallest=32), _limit("cuda_max_kept"))
-    device = keys.device.index
-    code = dtype_code(keys, "keys")
-    splits, n_per_split = C.cuda_topk_plan(Q, N, kp, code, device)
-    q = queries.to(keys.dtype).contiguous()
-    candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=keys.device)
-    C.cuda_topk(ptr(q), ptr(keys), code, 0 if key_bias is None else ptr(key_bias), ptr(candidates),
-                Q, N, D, kp, splits, n_per_split, 1.0 / tau, _exact_fp32(keys), device, _stream(keys))
-    return finish(candidates, queries, keys, k, tau, key_bias, rescore)
 
 
 def _environment() -> str:
@@ -119,17 +51,89 @@ def _max_k(call: Call) -> Optional[int]:
     return _limit("cuda_max_kept")
 
 
-BACKEND = Backend(
+register_backend(Backend(
     name="cuda",
     summary="hand-written CUDA kernels (ldmatrix + mma.sync tensor-core tiles, cp.async double buffering, warp-level top-k)",
     devices=("cuda",),
-    kernels={"aggregation_lse": aggregation_lse, "aggregation_grad": aggregation_grad,
-             "topk_similarity": topk_similarity, "update_memory_bank_": update_memory_bank_},
     environment=_environment,
     device_check=_device_check,
-    max_dim=_limit("cuda_max_dim"),
-    max_k=_max_k,
     auto_devices=(),  # opt-in until the GPU check has passed on a GPU
     rounds_queries_to_bank_dtype=True,
     details=lambda: f"compiled for sm_{extension().cuda_archs}, {cuda_device_status()[0]} device(s)",
-)
+))
+LIMITS = Limits(max_dim=_limit("cuda_max_dim"))
+TOPK_LIMITS = TopkLimits(max_dim=_limit("cuda_max_dim"), max_k=_max_k)
+
+
+def _stream(t: Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _exact_fp32(bank: Tensor) -> bool:
+    """fp32 products on tensor cores as TF32 when torch's float32 matmul precision allows
+    it; at 'highest' as 3xTF32 (hi/lo split), which keeps fp32 accuracy."""
+    return bank.dtype == torch.float32 and not fp32_as_tf32()
+
+
+@register_kernel(LSE, "cuda", limits=LIMITS)
+def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+               tau: float) -> Tuple[Tensor, Tensor]:
+    B, D = queries.shape
+    N = bank.shape[0]
+    C = extension()
+    device = bank.device.index
+    splits, n_per_split, _, _ = C.cuda_aggregation_plan(B, N, D, dtype_code(bank, "bank"), False, device)
+    q = queries.to(bank.dtype).contiguous()
+    parts = torch.empty(4, splits, B, dtype=torch.float32, device=bank.device)
+    C.cuda_aggregation_forward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
+                               ptr(query_labels), ptr(parts), B, N, D, splits, n_per_split,
+                               1.0 / tau, _exact_fp32(bank), device, _stream(bank))
+    return combine_partials(parts)
+
+
+@register_kernel(GRAD, "cuda", limits=LIMITS)
+def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
+    B, D = queries.shape
+    N = bank.shape[0]
+    C = extension()
+    device = bank.device.index
+    splits, n_per_split, rows_padded, dim_padded = C.cuda_aggregation_plan(
+        B, N, D, dtype_code(bank, "bank"), True, device)
+    q = queries.to(bank.dtype).contiguous()
+    parts = torch.empty(splits, rows_padded, dim_padded, dtype=torch.float32, device=bank.device)
+    C.cuda_aggregation_backward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
+                                ptr(query_labels), ptr(lse_all), ptr(lse_same), ptr(scale), ptr(parts),
+                                B, N, D, splits, n_per_split, 1.0 / tau, _exact_fp32(bank), device,
+                                _stream(bank))
+    return parts.sum(dim=0)[:B, :D]
+
+
+@register_kernel(BANK_UPDATE, "cuda", limits=LIMITS)
+def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                       momentum: float) -> None:
+    extension().cuda_bank_update(ptr(bank), dtype_code(bank, "bank"), bank.shape[0],
+                                 bank.shape[1], ptr(indices), ptr(embeddings),
+                                 dtype_code(embeddings, "embeddings"), indices.shape[0],
+                                 momentum, bank.device.index, _stream(bank))
+
+
+@register_kernel(TOPK, "cuda", limits=TOPK_LIMITS)
+def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
+                key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Fused mma.sync similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
+    16-bit keys keep up to RESCORE_MARGIN extra candidates (fewer when k + margin would
+    pass the kept-list limit) that are re-scored in fp32 on the host."""
+    Q, D = queries.shape
+    N = keys.shape[0]
+    C = extension()
+    rescore = keys.dtype != torch.float32
+    kp = min(kept_size(k, N, keys.dtype, smallest=32), _limit("cuda_max_kept"))
+    device = keys.device.index
+    code = dtype_code(keys, "keys")
+    splits, n_per_split = C.cuda_topk_plan(Q, N, kp, code, device)
+    q = queries.to(keys.dtype).contiguous()
+    candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=keys.device)
+    C.cuda_topk(ptr(q), ptr(keys), code, 0 if key_bias is None else ptr(key_bias), ptr(candidates),
+                Q, N, D, kp, splits, n_per_split, 1.0 / tau, _exact_fp32(keys), device, _stream(keys))
+    return merge_candidates(candidates, queries, keys, k, tau, key_bias, rescore)

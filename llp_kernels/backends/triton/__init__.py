@@ -1,20 +1,23 @@
-"""The ``triton`` backend: fused Triton kernels, one file per primitive
-(``aggregation.py``, ``topk.py``, ``bank_update.py``; shared tiles in ``_launch.py``).
+"""The ``triton`` backend: fused Triton kernels, one file per op (``aggregation.py``,
+``topk.py``, ``bank_update.py``; shared tiles in ``_launch.py``).
 
-Triton is imported only when a kernel is first launched. On CPU tensors the kernels run
+This file registers the backend and, to each op, a launcher that imports its kernel
+file on the first launch: Triton is imported only then. On CPU tensors the kernels run
 only under Triton's interpreter (``TRITON_INTERPRET=1`` set before the first import of
 triton), which is how CI checks them.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 from typing import Optional
 
 import torch
 
-from .._record import Backend, Call
+from ...ops.aggregation import GRAD, LSE
+from ...ops.bank_update import BANK_UPDATE
+from ...ops.topk import RESCORE_MARGIN, TOPK, TopkLimits
+from ...registry import Backend, Call, Limits, register_backend, register_kernel
 
 MAX_DIM = 256
 
@@ -35,14 +38,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _kernel(module: str, name: str):
-    """The launch function ``name`` of ``module`` (imported, with triton, on first call)."""
-    def launch(*args):
-        return getattr(importlib.import_module(f"{__name__}.{module}"), name)(*args)
-    launch.__name__ = launch.__qualname__ = name
-    return launch
-
-
 def _device_check(device: torch.device) -> str:
     if device.type == "cpu" and not interpreting():
         return "on CPU tensors it needs TRITON_INTERPRET=1 (set before triton is imported)"
@@ -51,7 +46,6 @@ def _device_check(device: torch.device) -> str:
 
 def _max_k(call: Call) -> Optional[int]:
     """k such that its kept list (k, plus the re-score margin for 16-bit keys) fits."""
-    from .._packed_topk import RESCORE_MARGIN
     dtype = call.dtype or torch.float32
     return MAX_KEPT - (0 if dtype == torch.float32 else RESCORE_MARGIN)
 
@@ -63,20 +57,39 @@ def _details() -> str:
     return f"triton {version('triton')}, {mode}"
 
 
-BACKEND = Backend(
+register_backend(Backend(
     name="triton",
     summary="fused Triton kernels",
     devices=("cuda", "cpu"),
-    kernels={"aggregation_lse": _kernel("aggregation", "aggregation_lse"),
-             "aggregation_grad": _kernel("aggregation", "aggregation_grad"),
-             "topk_similarity": _kernel("topk", "topk_similarity"),
-             "update_memory_bank_": _kernel("bank_update", "update_memory_bank_")},
     environment=installed,
     device_check=_device_check,
-    max_dim=MAX_DIM,
-    max_k=_max_k,
     auto_devices=("cuda",),
     auto_priority=0,
     rounds_queries_to_bank_dtype=True,
     details=_details,
-)
+))
+LIMITS = Limits(max_dim=MAX_DIM)
+
+
+@register_kernel(LSE, "triton", limits=LIMITS)
+def launch_lse(*args):
+    from .aggregation import launch_lse
+    return launch_lse(*args)
+
+
+@register_kernel(GRAD, "triton", limits=LIMITS)
+def launch_grad(*args):
+    from .aggregation import launch_grad
+    return launch_grad(*args)
+
+
+@register_kernel(TOPK, "triton", limits=TopkLimits(max_dim=MAX_DIM, max_k=_max_k))
+def launch_topk(*args):
+    from .topk import launch_topk
+    return launch_topk(*args)
+
+
+@register_kernel(BANK_UPDATE, "triton", limits=LIMITS)
+def launch_bank_update(*args):
+    from .bank_update import launch_bank_update
+    return launch_bank_update(*args)

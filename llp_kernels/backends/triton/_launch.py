@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._record import fp32_as_tf32
+from .. import fp32_as_tf32
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..._aggregation_rules import combine_partials
+from ...ops.aggregation import combine_partials
 from ._launch import (Launch, blocks, fma_block_n, input_precision, program_rows, same_label,
                       similarity_tile, split_n, widen_16bit)
 
@@ -180,8 +180,8 @@ def _launch(queries: Tensor, bank: Tensor, backward: bool):
     return launch, (row_blocks, splits), n_per_split
 
 
-def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                    tau: float) -> Tuple[Tensor, Tensor]:
+def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+               tau: float) -> Tuple[Tensor, Tensor]:
     B, D = queries.shape
     N = bank.shape[0]
     launch, grid, n_per_split = _launch(queries, bank, backward=False)
@@ -194,8 +194,8 @@ def aggregation_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_la
     return combine_partials(parts)
 
 
-def aggregation_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-                     lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
+def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
+                lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     B, D = queries.shape
     N = bank.shape[0]
     launch, grid, n_per_split = _launch(queries, bank, backward=True)

@@ -2,7 +2,7 @@
 the new embedding, mixes them in fp32, re-normalises and scatters the row back in the
 bank's dtype: ``bank[i] = normalize(m * bank[i] + (1 - m) * v)``, with ``normalize`` as
 ``llp_kernels.normalize_rows`` (scaled first, so right for every finite mix).
-Non-negative indices arrive unique (the ops layer marks every earlier duplicate -1,
+Non-negative indices arrive unique (``ops.bank_update`` marks every earlier duplicate -1,
 which is skipped), so programs never race on a row.
 """
 from __future__ import annotations
@@ -41,8 +41,8 @@ def plan(dim: int) -> Launch:
     return Launch(dict(BLOCK_D=block_d), 4 if block_d >= 512 else 1, 1)
 
 
-def update_memory_bank_(bank: Tensor, indices: Tensor, embeddings: Tensor,
-                        momentum: float) -> None:
+def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
+                       momentum: float) -> None:
     B, D = embeddings.shape
     launch = plan(D)
     _bank_update_kernel[(B,)](bank, indices, embeddings, D, momentum, **launch.constants,

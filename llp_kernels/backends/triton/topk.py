@@ -19,7 +19,8 @@ Per-slice candidates [S, Q, KP] are merged on the host with ``torch.topk``.
 
 16-bit keys: queries are rounded to the keys' dtype for the tensor-core product, so
 near-ties could swap; the kernel keeps extra candidates and the host re-scores them in
-fp32 before the final k. Supported k: the triton record's max_k.
+fp32 before the final k (``llp_kernels.ops.topk.merge_candidates``). Supported k: the
+``TopkLimits`` the triton backend registers.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._packed_topk import finish, kept_size
+from ...ops.topk import kept_size, merge_candidates
 from ._launch import (Launch, blocks, fma_block_n, input_precision, program_rows, similarity_tile, split_n,
                       widen_16bit)
 
@@ -175,8 +176,8 @@ def plan(rows: int, dim: int, kp: int, key_dtype: torch.dtype, precision: str, o
                   blk.warps, blk.stages)
 
 
-def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
-                    key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
+                key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     Q, D = queries.shape
     N = keys.shape[0]
     on_gpu = keys.device.type == "cuda"
@@ -190,4 +191,4 @@ def topk_similarity(queries: Tensor, keys: Tensor, k: int, tau: float,
     _topk_kernel[(row_blocks, splits)](
         queries.to(keys.dtype), keys, key_bias if key_bias is not None else keys, candidates, queues,
         Q, N, D, n_per_split, 1.0 / tau, **c, **launch.options(on_gpu))
-    return finish(candidates, queries, keys, k, tau, key_bias, keys.dtype != torch.float32)
+    return merge_candidates(candidates, queries, keys, k, tau, key_bias, keys.dtype != torch.float32)
