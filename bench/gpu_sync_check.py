@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from llp import loop
-from llp.build import build_run
-from llp.config import TrainConfig
+from llp.train import loop
+from llp.train.build import build_run
+from llp.train.config import TrainConfig
 
 
 def main() -> int:

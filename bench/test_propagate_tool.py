@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import llp_kernels as lk
-from llp import propagate
+from llp.propagate import command as propagate
 from llp_kernels import reference as ref
 
 from . import checks

@@ -10,9 +10,9 @@ The report divides the two medians.
 import pytest
 import torch
 
-from llp.algorithm import LLPConfig, LLPState
-from llp.bank import LocalBank
-from llp.model import parameter_groups, resnet18, small_convnet
+from llp.train.algorithm import LLPConfig, LLPState
+from llp.train.bank import LocalBank
+from llp.train.model import parameter_groups, resnet18, small_convnet
 
 from .harness import info, measure, unit_rows
 from .sizes import Size

@@ -34,8 +34,9 @@ if __name__ == "__main__":
 import numpy as np
 import torch
 
-from llp import propagate, train
-from llp.estimator import LocalLabelPropagation
+from llp import train
+from llp.propagate import command as propagate
+from llp.method.estimator import LocalLabelPropagation
 from llp_kernels import reference as ref
 
 SHARE_TOLERANCE = 1e-3  # fp32 against float64, after the scores' exp

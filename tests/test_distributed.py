@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llp.algorithm import LLPConfig, LLPState
-from llp.bank import LocalBank, ShardedBank
-from llp.distributed import Group, setup, teardown
+from llp.train.algorithm import LLPConfig, LLPState
+from llp.train.bank import LocalBank, ShardedBank
+from llp.method.distributed import Group, setup, teardown
 from process_groups import gloo_threads
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """``--data DIR``: the image-folder path, with torchvision (here a stand-in package that
-implements the API ``llp.torchvision_fallback`` and ``llp.model`` use, since
+implements the API ``llp.train.torchvision_fallback`` and ``llp.train.model`` use, since
 torchvision's wheel does not import beside this machine's torch) and without it; files
 that do not decode; links out of DIR."""
 import json
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from llp import torchvision_fallback, train
-from llp.image_folder import load_image_folder_split
+from llp import train
+from llp.train import torchvision_fallback
+from llp.train.image_folder import load_image_folder_split
 
 REPO = Path(__file__).resolve().parents[1]
 STUB = Path(__file__).with_name("stub_torchvision")

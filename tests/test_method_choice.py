@@ -1,4 +1,4 @@
-"""``--method auto`` (llp.method_choice): the folds, the choice, and the Euclidean graph
+"""``--method auto`` (llp.method.choice): the folds, the choice, and the Euclidean graph
 that lets a diffusion see what cosine similarity cannot."""
 import json
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from llp import diffusion, method_choice, propagate
-from llp.estimator import LocalLabelPropagation
-from llp.propagation import Settings
+from llp.method import choice as method_choice, diffusion
+from llp.propagate import command as propagate
+from llp.method.estimator import LocalLabelPropagation
+from llp.method.propagation import Settings
 
 
 def test_folds_are_stratified_and_keep_lone_rows_labeled():

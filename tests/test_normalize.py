@@ -65,7 +65,7 @@ def test_bank_update_makes_every_finite_mix_a_unit_row(backend, device):
 
 
 def test_the_embedding_head_gives_unit_rows_at_any_scale():
-    from llp.model import mlp
+    from llp.train.model import mlp
     net = mlp(4, 3).eval()
     with torch.no_grad():
         net.embedding.weight.mul_(1e25)

@@ -21,10 +21,10 @@ from llp_kernels import reference as ref
 
 from conftest import unit_rows
 from process_groups import gloo_threads
-from llp import propagate
-from llp.distributed import Group, setup, teardown
-from llp.estimator import LocalLabelPropagation
-from llp.propagation import Comm
+from llp.propagate import command as propagate
+from llp.method.distributed import Group, setup, teardown
+from llp.method.estimator import LocalLabelPropagation
+from llp.method.propagation import Comm
 
 REPO = Path(__file__).resolve().parents[1]
 N, D, C, LABELED, TAU = 500, 16, 5, 40, 0.07

@@ -1,7 +1,7 @@
 """The learning-rate schedule: fixed drops, plateau drops and the rate-jump phase."""
 import pytest
 
-from llp.schedule import LRSchedule, parse_boundaries
+from llp.train.schedule import LRSchedule, parse_boundaries
 
 
 def lrs(schedule, losses):

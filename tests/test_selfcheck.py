@@ -1,4 +1,4 @@
-"""The self-check (llp.selfcheck): the probe halves, the gate's arithmetic, the replicas a
+"""The self-check (llp.train.selfcheck): the probe halves, the gate's arithmetic, the replicas a
 run builds, and what a run records."""
 import json
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from llp import train
-from llp.build import build_run
-from llp.config import TrainConfig
-from llp.selfcheck import FLOOR, build_self_check, gate_of, posterior_gain, probe_folds
+from llp.train.build import build_run
+from llp.train.config import TrainConfig
+from llp.train.selfcheck import FLOOR, build_self_check, gate_of, posterior_gain, probe_folds
 
 
 @pytest.mark.parametrize("folds", [2, 4])
@@ -108,8 +108,8 @@ def test_a_run_records_the_self_check_every_llp_epoch(tmp_path):
 
 def test_input_pseudo_labels_are_the_tools_propagation_and_stay_fixed(tmp_path):
     import numpy as np
-    from llp.estimator import LocalLabelPropagation
-    from llp.loop import start_llp, one_epoch
+    from llp.method.estimator import LocalLabelPropagation
+    from llp.train.loop import start_llp, one_epoch
 
     c = TrainConfig(labeled_fraction=0.05, pseudo_labels="input", self_check_replicas=0, warmup_epochs=1,
                     epochs=2, quiet=True)
@@ -142,7 +142,7 @@ def test_auto_takes_the_source_more_accurate_on_the_probes(tmp_path):
 
 
 def test_inputs_too_large_to_propagate_over_are_refused():
-    from llp.loop import INPUT_VALUES, input_propagation
+    from llp.train.loop import INPUT_VALUES, input_propagation
 
     run = _run()
     run.split.input_shape = (INPUT_VALUES + 1,)
@@ -151,7 +151,7 @@ def test_inputs_too_large_to_propagate_over_are_refused():
 
 
 def test_auto_without_a_self_check_takes_the_inputs_labels():
-    from llp.loop import start_llp
+    from llp.train.loop import start_llp
 
     run = build_run(TrainConfig(labeled_fraction=0.05, self_check_replicas=0, quiet=True), torch.device("cpu"), None)
     start_llp(run)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llp import train
-from llp.data import load_digits_split
+from llp.train.data import load_digits_split
 
 
 def run(tmp_path, name, *flags):
@@ -160,7 +160,7 @@ def test_features_path_trains_an_mlp(tmp_path):
 
 def test_report_draws_pngs(tmp_path):
     _, run_dir = run(tmp_path, "r", "--epochs", "2", "--lr-drops", "1")
-    from llp import report
+    from llp.train import report
     written = report.main([str(run_dir), str(run_dir)])
     assert {p.name for p in written} >= {"loss.png", "test_accuracy.png", "pseudo_labels.png", "lr.png"}
     assert all(p.stat().st_size > 1000 for p in written)
@@ -171,7 +171,7 @@ def test_report_draws_pngs(tmp_path):
 
 
 def test_labeled_only_knn_comparator():
-    from llp.metrics import labeled_only_knn_top1
+    from llp.train.metrics import labeled_only_knn_top1
     assert 0.9 < labeled_only_knn_top1(load_digits_split(0.1, 0)) <= 1.0
     assert labeled_only_knn_top1(load_digits_split(0.02, 0)) < labeled_only_knn_top1(load_digits_split(0.5, 0))
 
@@ -196,9 +196,9 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch):
     a step: the warm-up step and the LLP step (loss, backward, SGD, bank update,
     propagation) must not convert anything. On a GPU, bench/gpu_check.sh also runs a step
     under torch.cuda.set_sync_debug_mode("error")."""
-    from llp import loop
-    from llp.build import build_run
-    from llp.config import TrainConfig
+    from llp.train import loop
+    from llp.train.build import build_run
+    from llp.train.config import TrainConfig
 
     run = build_run(TrainConfig(warmup_epochs=1, epochs=1), torch.device("cpu"), None)
     loop.start_llp(run)

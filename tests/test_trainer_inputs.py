@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llp import train
-from llp.data import load_feature_split
+from llp.train.data import load_feature_split
 
 N, F, C = 120, 6, 3
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..config import DEFAULTS
+from ..train.config import DEFAULTS
 from .datasets import DataSet
 
 # Total epochs of an LLP run (warm-up + LLP); the supervised baseline trains as long.
@@ -83,8 +83,8 @@ def raw_features(dataset: DataSet, data_folder: Path, fraction: float, seed: int
     sees labeled)."""
     import torch
 
-    from ..build import load_split
-    from ..config import TrainConfig
+    from ..train.build import load_split
+    from ..train.config import TrainConfig
 
     flags = dataset.train_flags(data_folder)
     settings = dict(zip((f.lstrip("-").replace("-", "_") for f in flags[::2]), flags[1::2]))
@@ -105,7 +105,7 @@ def propagate(x: np.ndarray, y: np.ndarray, labeled: np.ndarray, method: str) ->
     ``labeled`` rows' classes; with the tool's default, also what it chose."""
     from sklearn.semi_supervised import LabelSpreading
 
-    from ..estimator import LocalLabelPropagation
+    from ..method.estimator import LocalLabelPropagation
 
     given = np.where(labeled, y, -1)
     if method == "LabelSpreading knn":

@@ -1,5 +1,5 @@
-"""A stand-in for torchvision with just the API ``llp.torchvision_fallback`` and
-``llp.model`` use, for testing that path on machines where the real torchvision does not
+"""A stand-in for torchvision with just the API ``llp.train.torchvision_fallback`` and
+``llp.train.model`` use, for testing that path on machines where the real torchvision does not
 import. ``CALLS`` counts what was used."""
 from collections import Counter
 

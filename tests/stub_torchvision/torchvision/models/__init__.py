@@ -6,7 +6,7 @@ from .. import CALLS
 class _ResNet(nn.Module):
     def __init__(self):
         super().__init__()
-        from llp.model import ResNet18Trunk
+        from llp.train.model import ResNet18Trunk
         body = ResNet18Trunk()
         for name, module in body.named_children():
             setattr(self, name, module)

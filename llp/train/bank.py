@@ -27,8 +27,8 @@ from torch import Tensor
 
 import llp_kernels as lk
 
-from . import density
-from .distributed import Group, all_sum, gather_rows, row_counts
+from ..method import density
+from ..method.distributed import Group, all_sum, gather_rows, row_counts
 
 
 class LocalBank:

@@ -14,7 +14,7 @@ from .bank import LocalBank, ShardedBank
 from .checkpoint import CHECKPOINT, RunDirError, set_rng_state
 from .config import TrainConfig
 from .data import Split, load_digits_split, load_feature_split
-from .distributed import Group
+from ..method.distributed import Group
 from .metrics import run_model
 from .model import build_model, parameter_groups
 from .schedule import LRSchedule, parse_boundaries

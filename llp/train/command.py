@@ -28,14 +28,14 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import torch  # noqa: E402
 
-from . import distributed
+from ..method import distributed
 from .build import Run, build_run, restore
 from .checkpoint import CHECKPOINT, FORMAT, METRICS, RunDirError, append_metrics, read_metrics, rng_state, \
     save_checkpoint, trim_metrics, write_bytes, write_text
 from .config import TrainConfig, build_parser, parse
 from .data import DataError
 from .epoch_records import epoch_record, print_epoch, print_summary
-from .inputs import usable_backend
+from ..method.inputs import usable_backend
 from .loop import run_epochs
 from .metrics import run_model
 from .selfcheck import build_self_check
@@ -191,6 +191,3 @@ def _json(obj) -> str:
 
 
 __all__ = ["build_parser", "main", "train"]
-
-if __name__ == "__main__":
-    main()

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import distributed
+from ..method import distributed
 from .build import Run
 from .metrics import pseudo_label_metrics, run_model
 from .selfcheck import SelfCheck
@@ -84,7 +84,7 @@ def input_values(run: Run) -> int:
 def input_propagation(run: Run) -> Tuple[Tensor, Tensor]:
     """Pseudo-labels [N] and confidences [N] of every training row from the propagation
     tool's default (``LocalLabelPropagation``, method auto) over the flattened inputs."""
-    from .estimator import LocalLabelPropagation
+    from ..method.estimator import LocalLabelPropagation
     import numpy as np
 
     if input_values(run) > INPUT_VALUES:

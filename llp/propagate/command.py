@@ -28,22 +28,16 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from . import diffusion, distributed, method_choice
-from .cli import Parser, add_backend, add_device, add_k, add_t, add_tau, flag_of
-from .inputs import InputError, class_ids_below_bound, existing_file, output_dir, read_positions, usable_backend
-from .propagation import (METHODS, METRICS, Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit,
+from ..method import diffusion, distributed
+from ..method.choice import choose
+from ..method.cli import Parser, add_backend, add_device, add_k, add_t, add_tau, flag_of
+from ..method.inputs import InputError, class_ids_below_bound, existing_file, output_dir, read_positions, usable_backend
+from ..method.propagation import (METHODS, METRICS, Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit,
                           no_progress, stream_votes)
-from .propagation_eval import decile_table, density_count_r, evaluate, plot_png
+from .evaluation import decile_table, density_count_r, evaluate, plot_png
 
 PROG = "python -m llp.propagate"
 SCAN_ROWS = 1 << 20
-
-
-def __getattr__(name):
-    if name == "LocalLabelPropagation":  # imported on use: the CLI does not need scikit-learn
-        from .estimator import LocalLabelPropagation
-        return LocalLabelPropagation
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> Parser:
@@ -372,7 +366,7 @@ def run(args, inputs: Inputs, comm: Comm, device: torch.device, outputs: Optiona
         tally = _Tally(inputs, outputs) if comm.is_main else None
         log_density, choice, top = None, None, None
         if s.method == "auto":
-            choice = method_choice.choose(problem, s, comm, progress, timings)
+            choice = choose(problem, s, comm, progress, timings)
             s, top = choice.settings, choice.top_similarities
         if s.method == "diffusion":
             _, f = diffusion.fit(problem, s, comm, progress, timings, check=choice is None)
@@ -517,6 +511,3 @@ def main(argv: Optional[List[str]] = None) -> dict:
         distributed.teardown()
     return summary
 
-
-if __name__ == "__main__":
-    main()

@@ -18,8 +18,8 @@ from typing import List, Optional, Tuple
 from llp_kernels import _validate as rules
 from llp_kernels.defaults import BANK_MOMENTUM, K, T, TAU
 
-from .cli import Parser, add_backend, add_device, add_k, add_t, add_tau, flag_of
-from .inputs import existing_file, output_dir
+from ..method.cli import Parser, add_backend, add_device, add_k, add_t, add_tau, flag_of
+from ..method.inputs import existing_file, output_dir
 from .schedule import LRSchedule, parse_boundaries
 
 BANK_DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -24,7 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import diffusion
-from .method_choice import choose
+from .choice import choose
 from .propagation import Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit, stream_votes
 
 _D = Settings()  # every parameter but ``device`` defaults as the tool's flag does

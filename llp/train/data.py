@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .inputs import class_ids_below_bound, existing_file, read_positions
+from ..method.inputs import class_ids_below_bound, existing_file, read_positions
 
 TEST_SPLIT_SEED = 12345  # the held-out test set never moves with --seed
 
