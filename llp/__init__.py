@@ -6,5 +6,6 @@
   the command-line flags, input checks and process-group helpers both commands share;
 - ``llp.suite``: the development suite, ``python -m llp.suite``.
 
-``python -m llp.report``, ``llp.compare`` and ``llp.propagate_table`` keep their old names.
+``python -m llp.report``, ``llp.compare`` and ``llp.propagate_table`` are entry points into
+the rooms, under the names the README gives.
 """

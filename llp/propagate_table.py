@@ -1,4 +1,4 @@
-"""``python -m llp.propagate_table``: the propagation tool's table under its old name (``llp.propagate.table``)."""
+"""``python -m llp.propagate_table``: the propagation tool's table, ``llp.propagate.table``."""
 from .propagate.table import main
 
 if __name__ == "__main__":

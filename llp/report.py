@@ -1,4 +1,4 @@
-"""``python -m llp.report``: the trainer's plots under their old name (``llp.train.report``)."""
+"""``python -m llp.report``: the trainer's plots, ``llp.train.report``."""
 from .train.report import main
 
 if __name__ == "__main__":

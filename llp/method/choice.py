@@ -16,7 +16,7 @@ first candidate is used.
 
 - vote candidates (``llp``, ``knn``): one density pass gives every labeled row its T best
   cosine similarities to unlabeled rows; the density at any tau follows from them
-  (``llp.density.log_density``), and a fold's rows vote among the other folds'
+  (``llp.method.density.log_density``), and a fold's rows vote among the other folds'
   labeled rows: M x M similarities, no further pass over the unlabeled rows;
 - diffusion candidates, only when every row fits in memory (N <= ``DIFFUSION_ROWS``): the
   kNN graph of each metric is built once (for the largest ``graph_k``, narrower graphs are

@@ -13,7 +13,7 @@ Rows are L2-normalised (cosine similarity), as in the CLI. ``predict`` for new r
 the fitted per-row bias (the local densities: eq. 5, exactly as an unlabeled training
 row); ``diffusion`` takes one diffusion step into the new rows: each new row's shares are
 the ``max(s, 0) ** gamma``-weighted mean of the fitted shares of its ``graph_k`` most
-similar training rows (``llp.diffusion.extend``), without solving the graph again.
+similar training rows (``llp.method.diffusion.extend``), without solving the graph again.
 """
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
     ----------
     method : {"auto", "llp", "knn", "ratio", "diffusion"}
         ``auto``: the method and its settings with the best cross-validated accuracy on the
-        labeled rows (``llp.method_choice``; it sets k, tau, graph_k, alpha and metric itself);
+        labeled rows (``llp.method.choice``; it sets k, tau, graph_k, alpha and metric itself);
         ``llp``: density-weighted vote of the k best labeled rows (eq. 5); ``knn``: the
         same without density (NoDW); ``ratio``: the paper's ratio-based weighting, a
-        constant factor that gives knn's votes (see ``llp.propagation``); ``diffusion``:
+        constant factor that gives knn's votes (see ``llp.method.propagation``); ``diffusion``:
         DLP-style diffusion on a kNN graph.
     k : int, labeled neighbours that vote (llp, knn, ratio); at most the number of labeled samples.
     t : int, nearest unlabeled rows in a labeled row's local density (clamped to their number).
@@ -71,7 +71,7 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
         whether its neighbours are by cosine similarity or Euclidean distance.
 
     Each parameter but ``device`` defaults to the propagation tool's default
-    (``llp.propagation.Settings``; k, t and tau: ``llp_kernels.defaults``).
+    (``llp.method.propagation.Settings``; k, t and tau: ``llp_kernels.defaults``).
 
     Attributes
     ----------

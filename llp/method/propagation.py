@@ -7,7 +7,7 @@ Q query rows. ``s`` is cosine similarity (rows are L2-normalised as they are rea
 ``tau`` the temperature. Every similarity goes through the public ``llp_kernels`` API
 (``topk_similarity``, ``class_vote``): nothing N x M or N x N is ever formed.
 
-Methods (``diffusion``, the global baseline, is in ``llp.diffusion``):
+Methods (``diffusion``, the global baseline, is in ``llp.method.diffusion``):
 
 - ``llp``: ``log_density_i = logsumexp_{u in T nearest unlabeled rows of i} s_iu / tau``
   (eq. 4; the paper's global normaliser cancels in the vote), and each query q scores
@@ -116,7 +116,7 @@ class Rows:
         self.array, self.device, self.bfloat16 = array, torch.device(device), bfloat16
         self.n, self.dim = (int(v) for v in array.shape)
         self.zero_rows = 0
-        self.scale = 1.0  # the euclidean diffusion's factor on raw rows (llp.diffusion.read_all)
+        self.scale = 1.0  # the euclidean diffusion's factor on raw rows (llp.method.diffusion.read_all)
 
     def __len__(self) -> int:
         return self.n
@@ -315,7 +315,7 @@ def labeled_rows_and_density_pass(problem: Problem, s: Settings, comm: Comm, pro
                                   timings: Optional[dict] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """The labeled rows, their classes and each one's ``min(t, U)`` largest cosine
     similarities to unlabeled rows [M, t] (descending): eq. 4's density at any tau is
-    ``llp.density.log_density`` of them over tau. One pass over every row, which checks it."""
+    ``llp.method.density.log_density`` of them over tau. One pass over every row, which checks it."""
     timings = {} if timings is None else timings
     start = time.perf_counter()
     labeled, classes = labeled_rows(problem)

@@ -10,9 +10,9 @@ was). The embeddings are read memory-mapped in chunks and L2-normalised chunk by
 only the labeled rows are held in memory. ``torchrun --nproc_per_node=G -m
 llp.propagate ...`` splits the rows over G processes; rank 0 writes.
 
-The work is in ``llp.propagation`` (llp, knn, ratio) and ``llp.diffusion``; the same
-code behind a scikit-learn interface is ``LocalLabelPropagation`` (``llp.estimator``,
-importable from here).
+The work is in ``llp.method.propagation`` (llp, knn, ratio) and ``llp.method.diffusion``;
+the same code behind a scikit-learn interface is ``LocalLabelPropagation``
+(``llp.method.estimator``, importable from ``llp.propagate``).
 """
 from __future__ import annotations
 

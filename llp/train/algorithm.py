@@ -1,5 +1,5 @@
 """The LLP algorithm's state and its two alternating steps (paper section 3), written
-against a memory bank (``llp.bank``: one process or sharded, the same interface) whose
+against a memory bank (``llp.train.bank``: one process or sharded, the same interface) whose
 similarity work goes through the public ``llp_kernels`` API.
 
 State over the N training examples: the bank [N, D] (running average of embeddings),

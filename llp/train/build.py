@@ -35,7 +35,7 @@ class Run:
     batches: torch.Generator    # batch order (and augmentation in one process)
     train_y: torch.Tensor       # ground truth of every training row, for metrics only
     test_y: torch.Tensor
-    gate: float = 1.0           # the self-check's weight on the pseudo-labeled loss (llp.selfcheck)
+    gate: float = 1.0           # the self-check's weight on the pseudo-labeled loss (llp.train.selfcheck)
     checked: bool = False       # a self-check chooses this run's pseudo-label source
 
     @property

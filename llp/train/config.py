@@ -195,7 +195,7 @@ def _llp_flags(p, d: TrainConfig) -> None:
       help="density over the T nearest unlabeled rows (paper) or over all rows (release)")
     g("--self-check-replicas", type=int, default=d.self_check_replicas,
       help="replicas of the run, each holding one fold of the labeled rows out, whose held-out accuracy "
-           "gates the pseudo-labeled loss every epoch (llp.selfcheck); 0: no self-check, the paper's LLP. "
+           "gates the pseudo-labeled loss every epoch (llp.train.selfcheck); 0: no self-check, the paper's LLP. "
            "Each replica adds (folds - 1) / folds of the run's training time")
     g("--self-check-folds", type=int, default=d.self_check_folds,
       help="folds of the labeled rows; a replica keeps all but one of them labeled (and that share of the "

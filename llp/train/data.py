@@ -3,7 +3,7 @@
 Three kinds share one shape (``Split``):
 - ``digits`` (the default): scikit-learn's bundled 1,797 real 8x8 digit images;
 - ``features``: precomputed feature vectors from ``--features X.npy --labels y.npy``;
-- ``images``: a class-per-subfolder image folder (``llp.image_folder``).
+- ``images``: a class-per-subfolder image folder (``llp.train.image_folder``).
 
 A source hands out batches by dataset index: ``source.batch(idx, generator)`` returns the
 inputs of rows ``idx``, augmented with ``generator``'s randomness when one is given and

@@ -8,7 +8,7 @@ to a square; training batches then take a random ``image_size`` crop and a rando
 horizontal flip drawn from the trainer's generator (so a resumed run sees the same
 crops), evaluation the centre crop; pixels are normalised with the ImageNet mean and
 standard deviation. Decoding runs in a thread pool. torchvision does the listing,
-loading and resizing when it imports (``llp.torchvision_fallback``).
+loading and resizing when it imports (``llp.train.torchvision_fallback``).
 
 The scan's rules: a file or folder reached through a symbolic link that points outside
 ``DIR`` is not followed (``follow_symlinks`` follows it); a file that does not decode as

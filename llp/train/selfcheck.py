@@ -112,7 +112,7 @@ def gate_of(wins: float, losses: float, floor: float = FLOOR) -> float:
 
 @dataclass
 class Replica:
-    run: "object"               # llp.build.Run of the half-size copy
+    run: "object"               # llp.train.build.Run of the half-size copy
     probe: Tensor               # [P] the probe rows' ids in the replica
     probe_y: Tensor             # [P] their true classes
     reference: Optional[Tensor] = None  # bool [P]: the warm-up classifier right on each

@@ -5,7 +5,7 @@ and crops with ``torchvision.transforms.functional`` and trains torchvision's
 ``resnet18`` when ``import torchvision`` works. A torchvision wheel built for another
 torch fails at import (its compiled operators do not register), so the same steps are
 also written with Pillow and plain torch: here the image reading (same layout and class
-order, same crops), in ``llp.model`` the network (``ResNet18Trunk``, with torchvision's
+order, same crops), in ``llp.train.model`` the network (``ResNet18Trunk``, with torchvision's
 parameter names, ``trunk.layer4.1.conv2.weight``), so checkpoints and torchvision
 weights load either way. ``LLP_NO_TORCHVISION=1`` forces the hand-written path.
 """
