@@ -70,6 +70,13 @@ class Settings:
     cg_tol: float = 1e-6
     metric: str = "cosine"
 
+    def longest_top_k(self, n: int, labeled: int) -> int:
+        """The longest list this method asks ``lk.topk_similarity`` for over ``n`` rows,
+        ``labeled`` of them labeled (what a backend's limits are checked against)."""
+        if self.method == "diffusion":
+            return min(self.graph_k, n - 1) + 1
+        return max(self.k, min(self.t, n - labeled)) if self.method == "llp" else self.k
+
 
 def check_settings(s: Settings, flag: Callable[[str], str] = lambda name: name) -> None:
     """One ValueError (a TypeError for a value that is not a number) naming the setting

@@ -218,13 +218,6 @@ def load_inputs(args) -> Inputs:
     return Inputs(x, args.dtype == "bfloat16", labels, labeled_ids, int(classes.max()) + 1, truth)
 
 
-def top_k_used(args, n: int, labeled: int) -> int:
-    """The longest top-k list the method asks ``lk.topk_similarity`` for."""
-    if args.method == "diffusion":
-        return min(args.graph_k, n - 1) + 1
-    return max(args.k, min(args.t, n - labeled)) if args.method == "llp" else args.k
-
-
 def choose_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
@@ -482,7 +475,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         device = choose_device(args.device)
         inputs = load_inputs(args)
         n, dim = inputs.embeddings.shape
-        usable_backend(args.backend, device, ("topk_similarity",), dim, top_k_used(args, n, len(inputs.labeled_ids)))
+        usable_backend(args.backend, device, ("topk_similarity",), dim,
+                       settings_of(args).longest_top_k(n, len(inputs.labeled_ids)))
         if rank == 0:
             outputs = Outputs(Path(args.out), inputs.embeddings.shape[0])
     except InputError as exc:

@@ -188,3 +188,12 @@ class ShardedBank:
 
     def load(self, full: Tensor) -> None:
         self.data.copy_(full[self.lo:self.hi])
+
+
+def bank_of(c, data: Tensor, rows: int, group: Optional[Group]):
+    """A run's bank over ``data``, this process's rows of ``rows``: one process
+    (``group`` None) or sharded, with the temperature, momentum and backend of ``c``
+    (a ``TrainConfig``: ``tau``, ``bank_momentum``, ``backend``)."""
+    if group is None:
+        return LocalBank(data, c.tau, c.bank_momentum, c.backend)
+    return ShardedBank(data, rows, group, c.tau, c.bank_momentum, c.backend)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .algorithm import LLPConfig, LLPState
-from .bank import LocalBank, ShardedBank
+from .bank import bank_of
 from .checkpoint import CHECKPOINT, RunDirError, set_rng_state
 from .config import TrainConfig
 from .data import Split, load_digits_split, load_feature_split
@@ -70,10 +70,7 @@ def initial_bank_rows(c: TrainConfig, net, split: Split, device: torch.device, r
 def build_bank(c: TrainConfig, net, split: Split, device: torch.device, group: Optional[Group]):
     n = len(split.train)
     rows = range(n) if group is None else group.shard(n)
-    data = initial_bank_rows(c, net, split, device, rows)
-    if group is None:
-        return LocalBank(data, c.tau, c.bank_momentum, c.backend)
-    return ShardedBank(data, n, group, c.tau, c.bank_momentum, c.backend)
+    return bank_of(c, initial_bank_rows(c, net, split, device, rows), n, group)
 
 
 def build_run(c: TrainConfig, device: torch.device, group: Optional[Group],
