@@ -159,18 +159,28 @@ def instructions(sass: str) -> Dict:
     return {"tensor_core": count["HGMMA"] + count["HMMA"] > 0, "instructions": count}
 
 
-KERNEL_FILES = ("aggregation.py", "topk.py", "bank_update.py", "_launch.py")
+KERNEL_MODULES = ("aggregation", "topk", "bank_update", "_launch")
 
 
 def cache_key(c: Config) -> str:
+    """What a compile depends on, hashed: triton's version, the source of every
+    ``@triton.jit`` function of the kernel modules (the kernels and their helpers), and the
+    configuration with the signature, constants and options its ``plan`` gives. Launchers
+    and docstrings around the kernels can change without invalidating the cache."""
     import hashlib
+    import importlib
 
     import triton
-    from llp_kernels.backends import triton as backend
+    from triton.runtime.jit import JITFunction
     h = hashlib.sha256(triton.__version__.encode())
-    for name in KERNEL_FILES:
-        h.update((Path(backend.__file__).parent / name).read_bytes())
-    h.update(json.dumps([c.kernel, c.arch, c.dtype, c.dim, c.rows, c.kp]).encode())
+    for module in KERNEL_MODULES:
+        found = vars(importlib.import_module(f"llp_kernels.backends.triton.{module}"))
+        for name in sorted(found):
+            if isinstance(found[name], JITFunction) and found[name].__module__.endswith(module):
+                h.update(f"{module}.{name}".encode() + found[name].src.encode())
+    _, sig, launch = kernel_and_signature(c)
+    h.update(json.dumps([c.kernel, c.arch, c.dtype, c.dim, c.rows, c.kp, sig, launch.constants,
+                         launch.options(on_gpu=True)], sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
 

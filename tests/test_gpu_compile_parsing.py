@@ -1,4 +1,6 @@
-"""The compile check's readers of cuobjdump output (pure text parsing: no GPU, no CUDA)."""
+"""The compile check's readers of cuobjdump output (pure text parsing: no GPU, no CUDA) and its cache key."""
+import pytest
+
 from bench.gpu_compile import parse_usage, sass_counts
 
 SASS = """
@@ -31,3 +33,12 @@ def test_parse_usage_reads_registers_and_spills():
 """
     (row,) = parse_usage(text)
     assert row == {"function": "_Z6kernelPf", "registers": 85, "stack": 0, "static_shared": 1024, "spill_bytes": 16}
+
+
+def test_cache_key_follows_what_is_compiled():
+    pytest.importorskip("triton")
+    from bench.gpu_compile import Config, cache_key
+    a = Config("topk", 90, "fp16", 128, 64, 64)
+    assert cache_key(a) == cache_key(Config("topk", 90, "fp16", 128, 64, 64))
+    assert cache_key(a) != cache_key(Config("topk", 90, "fp16", 128, 64, 128))
+    assert cache_key(a) != cache_key(Config("topk", 80, "fp16", 128, 64, 64))

@@ -16,7 +16,8 @@ Features (``--features``, comma-separated):
   ``--export-embeddings`` wrote), or trained here first (about a minute on 2 CPU cores)
   when that is not given. That network saw 10% of its rows' labels while training.
 
-Methods: ``LocalLabelPropagation`` with ``llp``, ``knn`` (NoDW), ``ratio`` and
+Methods: ``LocalLabelPropagation`` with ``auto`` (the tool's default: the method and its
+settings chosen by cross-validation over the labeled rows), ``llp``, ``knn`` (NoDW), ``ratio`` and
 ``diffusion`` at their defaults, and ``sklearn.semi_supervised.LabelSpreading`` with
 the knn kernel and 7 neighbours.
 """
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..method.cli import Parser
 
-METHODS = ("llp", "knn", "ratio", "diffusion", "label spreading")
+METHODS = ("auto", "llp", "knn", "ratio", "diffusion", "label spreading")
 
 
 def build_parser() -> argparse.ArgumentParser:
