@@ -176,12 +176,22 @@ def test_evaluation_plot_and_labeled_list(tmp_path):
     assert np.array_equal(outputs(tmp_path / "listed")[0], labels)
 
 
-def test_nothing_on_stderr_without_a_terminal(tmp_path, capsys):
+def test_without_a_terminal_a_line_per_chunk_on_stdout_and_nothing_on_stderr(tmp_path, capsys):
     folder = write(tmp_path)
     propagate.main(["--embeddings", str(folder / "x.npy"), "--labels", str(folder / "y.npy"),
-                    "--out", str(tmp_path / "out")])
+                    "--out", str(tmp_path / "out"), "--method", "llp", "--chunk-rows", "128"])
     captured = capsys.readouterr()
     assert captured.err == "" and "pseudo-labeled" in captured.out
+    lines = [line for line in captured.out.splitlines() if line.startswith(("density:", "propagation:"))]
+    chunks = -(-N // 128)
+    assert len(lines) == 2 * chunks
+    assert lines[chunks - 1].startswith(f"density: {N - LABELED:,}/{N - LABELED:,} rows (100.0%)") or \
+        lines[chunks - 1].startswith(f"density: {N:,}/{N:,} rows (100.0%)")
+    assert lines[-1].startswith(f"propagation: {N:,}/{N:,} rows (100.0%), ") and "rows/s" in lines[-1]
+    assert "left 0:00" in lines[-1]
+    propagate.main(["--embeddings", str(folder / "x.npy"), "--labels", str(folder / "y.npy"),
+                    "--out", str(tmp_path / "out"), "--quiet"])
+    assert capsys.readouterr() == ("", "")
 
 
 def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
@@ -190,7 +200,7 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     propagate.main(["--embeddings", str(folder / "x.npy"), "--labels", str(folder / "y.npy"),
                     "--out", str(tmp_path / "out"), "--chunk-rows", "100", "--method", "llp"])
     err = capsys.readouterr().err
-    assert "density" in err and "propagation" in err
+    assert "density" in err and "propagation" in err and "row/s" in err
 
 
 def float64_vote(x, labels, k=10, t=25):

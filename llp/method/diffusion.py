@@ -87,7 +87,7 @@ def knn_graph(keys: Tensor, span: range, s: Settings, progress=no_progress) -> T
     weights = torch.empty(len(span), k, device=keys.device)
     if k == 0:
         return ids, weights
-    bar = progress("graph", -(-len(span) // s.chunk_rows))
+    bar = progress("graph", len(span))
     for lo, hi in chunks(span, s.chunk_rows):
         found, w = nearest(keys[lo:hi], keys, k + 1, s)
         me = torch.arange(lo, hi, device=keys.device)[:, None]
@@ -96,7 +96,7 @@ def knn_graph(keys: Tensor, span: range, s: Settings, progress=no_progress) -> T
         keep = ~drop
         ids[lo - span.start:hi - span.start] = found[keep].view(hi - lo, k)
         weights[lo - span.start:hi - span.start] = w[keep].view(hi - lo, k)
-        bar.update(1)
+        bar.update(hi - lo)
     bar.close()
     return ids, weights
 
@@ -124,7 +124,7 @@ def solve(w_n, labeled_ids: np.ndarray, labeled_classes: np.ndarray, classes: ra
     n = w_n.shape[0]
     system = (sp.identity(n, format="csr") - s.alpha * w_n).tocsr()
     out = np.zeros((n, len(classes)))
-    bar = progress("diffusion", len(classes))
+    bar = progress("diffusion", len(classes), unit="class")
     for j, c in enumerate(classes):
         members = labeled_ids[labeled_classes == c]
         if len(members):

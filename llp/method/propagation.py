@@ -179,7 +179,10 @@ class _NoBar:
         pass
 
 
-def no_progress(desc: str, total: int) -> _NoBar:
+def no_progress(desc: str, total: int, unit: str = "row", done: int = 0) -> _NoBar:
+    """A progress meter that shows nothing. A meter is ``progress(desc, total, unit, done)``
+    (``done``: already done before it started, as in a resumed run), advanced by
+    ``update(n)`` (rows, unless ``unit`` says otherwise) and ended by ``close()``."""
     return _NoBar()
 
 
@@ -341,7 +344,7 @@ def _top_similarities(problem: Problem, labeled: Tensor, s: Settings, comm: Comm
     best = torch.empty(M, 0, device=rows.device)
     bad = None
     span = comm.span(rows.n)
-    bar = progress("density", -(-len(span) // s.chunk_rows))
+    bar = progress("density", len(span))
     for lo, hi in chunks(span, s.chunk_rows):
         try:
             x = rows.read(lo, hi, check=True)
@@ -355,7 +358,7 @@ def _top_similarities(problem: Problem, labeled: Tensor, s: Settings, comm: Comm
             best = torch.cat([best, values], dim=1)
             if best.shape[1] > t:
                 best = torch.topk(best, t, dim=1).values
-        bar.update(1)
+        bar.update(hi - lo)
     bar.close()
     comm.raise_first_bad(bad)
     rows.zero_rows = comm.sum_int(rows.zero_rows)
@@ -374,17 +377,21 @@ Sink = Callable[[int, np.ndarray, np.ndarray, Optional[np.ndarray]], None]
 
 
 def stream_votes(problem: Problem, fitted: Fitted, comm: Comm, sink: Sink, check: bool,
-                 proba: bool = False, progress=no_progress) -> None:
+                 proba: bool = False, progress=no_progress, first_round: int = 0,
+                 round_done: Optional[Callable[[int], None]] = None) -> None:
     """The vote pass: every unlabeled row's pseudo-label and confidence (and with
     ``proba`` its class shares [n, C]); labeled rows keep their class with confidence 1
     (one-hot shares). Processes run in lock-step rounds of one chunk each; rank 0 gets
     ``sink(first_row, labels [n], confidences [n], shares [n, C] or None)`` for every
-    process's chunk. ``check``: this pass checks the rows (no density pass did)."""
+    process's chunk, then ``round_done(j)`` once round j's chunks are all sunk. Rounds
+    before ``first_round`` are skipped (a resumed run: they were sunk before). ``check``:
+    this pass checks the rows (no density pass did)."""
     rows, s = problem.rows, fitted.settings
     span = comm.span(rows.n)
     rounds = comm.rounds(rows.n, s.chunk_rows)
-    bar = progress("propagation", rounds)
-    for j in range(rounds):
+    bar = progress("propagation", rows.n,
+                   done=sum(len(r) for r in _round_spans(comm, rows.n, s.chunk_rows, range(first_round))))
+    for j in range(first_round, rounds):
         lo = span.start + j * s.chunk_rows
         hi = min(span.stop, lo + s.chunk_rows)
         out = _vote_chunk(problem, fitted, lo, hi, check, proba)
@@ -396,10 +403,21 @@ def stream_votes(problem: Problem, fitted: Fitted, comm: Comm, sink: Sink, check
                 first = comm.span(rows.n, rank).start + j * s.chunk_rows
                 part = [p.cpu().numpy() for p in part]
                 sink(first, part[0], part[1], part[2] if proba else None)
-        bar.update(1)
+            if round_done is not None:
+                round_done(j)
+        bar.update(sum(len(r) for r in _round_spans(comm, rows.n, s.chunk_rows, [j])))
     bar.close()
     if check:
         rows.zero_rows = comm.sum_int(rows.zero_rows)
+
+
+def _round_spans(comm: Comm, n: int, chunk: int, rounds) -> Iterator[range]:
+    """The rows every process votes on in each of ``rounds``."""
+    for j in rounds:
+        for rank in range(comm.world):
+            span = comm.span(n, rank)
+            lo = span.start + j * chunk
+            yield range(min(lo, span.stop), min(span.stop, lo + chunk))
 
 
 def _vote_chunk(problem: Problem, fitted: Fitted, lo: int, hi: int, check: bool, proba: bool):

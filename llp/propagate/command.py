@@ -7,8 +7,10 @@ Writes DIR/pseudo_labels.npy (int64 [N]; labeled rows keep their label),
 DIR/confidence.npy (float32 [N]; 1 for labeled rows) and DIR/summary.json, each first
 under a temporary name and renamed into place at the end (a failure leaves DIR as it
 was). The embeddings are read memory-mapped in chunks and L2-normalised chunk by chunk:
-only the labeled rows are held in memory. ``torchrun --nproc_per_node=G -m
-llp.propagate ...`` splits the rows over G processes; rank 0 writes.
+only the labeled rows are held in memory. A one-process run that is killed continues
+from its last finished chunk when the same command is run again (``llp.propagate.resume``).
+``torchrun --nproc_per_node=G -m llp.propagate ...`` splits the rows over G processes;
+rank 0 writes.
 
 The work is in ``llp.method.propagation`` (llp, knn, ratio) and ``llp.method.diffusion``;
 the same code behind a scikit-learn interface is ``LocalLabelPropagation``
@@ -33,8 +35,10 @@ from ..method.choice import choose
 from ..method.cli import Parser, add_backend, add_device, add_k, add_t, add_tau, flag_of
 from ..method.inputs import InputError, class_ids_below_bound, existing_file, output_dir, read_positions, usable_backend
 from ..method.propagation import (METHODS, METRICS, Comm, NonFiniteRow, Problem, Rows, Settings, check_settings, fit,
-                          no_progress, stream_votes)
+                          stream_votes)
 from .evaluation import decile_table, density_count_r, evaluate, plot_png
+from .progress import meters
+from .resume import PartialRun, Progress, SavedChoice, job_of
 
 PROG = "python -m llp.propagate"
 SCAN_ROWS = 1 << 20
@@ -257,20 +261,26 @@ def remove_stale_temporaries(out: Path) -> List[Path]:
 class Outputs:
     """The output files, written under temporary names in DIR and renamed into place by
     ``commit``; ``abort`` removes them (and DIR, if this run created it and it is empty).
-    Temporaries that a killed run left in DIR are removed first."""
+    Temporaries that a killed run left in DIR are removed first. With ``job`` (a
+    one-process run) the two arrays live in ``DIR/.partial-run/`` (``partial``), which
+    a killed run leaves for the same command to continue from."""
 
-    def __init__(self, out: Path, n: int):
+    def __init__(self, out: Path, n: int, job: Optional[dict] = None):
         self.out = out
         self.created = [d for d in (out, *out.parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
         self.temporary = {}
-        self.labels = self.confidence = None
+        self.labels = self.confidence = self.partial = None
         try:
-            self.labels = np.lib.format.open_memmap(self._path("pseudo_labels.npy"), mode="w+", dtype=np.int64,
-                                                    shape=(n,))
-            self.confidence = np.lib.format.open_memmap(self._path("confidence.npy"), mode="w+", dtype=np.float32,
-                                                        shape=(n,))
+            if job is not None:
+                self.partial = PartialRun(out, job, n)
+                self.labels, self.confidence = self.partial.arrays.values()
+            else:
+                self.labels = np.lib.format.open_memmap(self._path("pseudo_labels.npy"), mode="w+",
+                                                        dtype=np.int64, shape=(n,))
+                self.confidence = np.lib.format.open_memmap(self._path("confidence.npy"), mode="w+",
+                                                            dtype=np.float32, shape=(n,))
         except BaseException:
             self.abort()
             raise
@@ -297,16 +307,26 @@ class Outputs:
     def commit(self) -> List[Path]:
         self._close()
         done = []
+        if self.partial is not None:
+            self.partial.close()
+            for name in ("pseudo_labels.npy", "confidence.npy"):
+                os.replace(self.partial.array_path(name), self.out / name)
+                done.append(self.out / name)
         for name, path in self.temporary.items():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(path, self.out / name)
             done.append(self.out / name)
         self.temporary = {}
+        if self.partial is not None:
+            self.partial.discard()
         return done
 
-    def abort(self) -> None:
+    def abort(self, keep_partial: bool = False) -> None:
+        """Remove what this run wrote; ``keep_partial``: keep ``DIR/.partial-run/`` for a resume."""
         self.labels = self.confidence = None
+        if self.partial is not None and not keep_partial:
+            self.partial.discard()
         for path in self.temporary.values():
             path.unlink(missing_ok=True)
         self.temporary = {}
@@ -318,13 +338,6 @@ class Outputs:
 
 
 # ---- the run ------------------------------------------------------------------------------
-
-def _progress(enabled: bool):
-    if not enabled:
-        return no_progress
-    from tqdm import tqdm
-    return lambda desc, total: tqdm(total=total, desc=desc, unit="chunk", leave=False, file=sys.stderr)
-
 
 class _Tally:
     """Rank 0's running counts over the written rows."""
@@ -342,6 +355,13 @@ class _Tally:
         self.unassigned += int((mine < 0).sum())
         self.confidence_sum += float(confidence[unlabeled].sum(dtype=np.float64))
 
+    def progress(self, rounds_done: int, zero_rows: int) -> Progress:
+        return Progress(rounds_done, self.pseudo.tolist(), self.unassigned, self.confidence_sum, zero_rows)
+
+    def restore(self, progress: Progress) -> None:
+        self.pseudo = np.asarray(progress.pseudo, dtype=np.int64)
+        self.unassigned, self.confidence_sum = progress.unassigned, progress.confidence_sum
+
 
 def run(args, inputs: Inputs, comm: Comm, device: torch.device, outputs: Optional[Outputs] = None) -> dict:
     """The propagation, on every process of ``comm``; rank 0 writes the outputs (into
@@ -351,37 +371,73 @@ def run(args, inputs: Inputs, comm: Comm, device: torch.device, outputs: Optiona
     s = settings_of(args)
     rows = Rows(inputs.embeddings, device, inputs.bfloat16)
     problem = Problem(rows, inputs.labels, inputs.labeled_ids, inputs.num_classes)
-    progress = _progress(comm.is_main and not args.quiet and sys.stderr.isatty())
+    progress = meters(args.quiet or not comm.is_main, sys.stderr.isatty())
     if comm.is_main and outputs is None:
         outputs = Outputs(Path(args.out), rows.n)
     timings: dict = {}
+    partial = outputs.partial if comm.is_main and comm.world == 1 else None
     try:
         tally = _Tally(inputs, outputs) if comm.is_main else None
         log_density, choice, top = None, None, None
-        if s.method == "auto":
-            choice = choose(problem, s, comm, progress, timings)
-            s, top = choice.settings, choice.top_similarities
-        if s.method == "diffusion":
-            _, f = diffusion.fit(problem, s, comm, progress, timings, check=choice is None)
-            if comm.is_main:
-                _write_diffusion(f, inputs, s.chunk_rows, tally)
+        saved = partial.load_fitted(device) if partial is not None and partial.resumed else None
+        if saved is not None:
+            fitted, choice_summary, rows.zero_rows, previous = saved
+            choice = None if choice_summary is None else SavedChoice(choice_summary)
+            s = fitted.settings
+            timings.update(previous)
         else:
-            fitted = fit(problem, s, comm, progress, timings, top_similarities=top if s.method == "llp" else None)
-            start = time.perf_counter()
-            checked = choice is not None or fitted.log_density is not None
-            stream_votes(problem, fitted, comm, tally, check=not checked, progress=progress)
-            timings["propagation"] = time.perf_counter() - start
+            if s.method == "auto":
+                choice = choose(problem, s, comm, progress, timings)
+                s, top = choice.settings, choice.top_similarities
+            if s.method == "diffusion":
+                _, f = diffusion.fit(problem, s, comm, progress, timings, check=choice is None)
+                if comm.is_main:
+                    _write_diffusion(f, inputs, s.chunk_rows, tally)
+            else:
+                fitted = fit(problem, s, comm, progress, timings,
+                             top_similarities=top if s.method == "llp" else None)
+                if partial is not None:
+                    partial.save_fitted(fitted, None if choice is None else choice.summary(), rows.zero_rows,
+                                        timings)
+        if s.method != "diffusion":
+            _vote_pass(problem, fitted, comm, tally, partial, saved is not None, choice is not None,
+                       progress, timings, args.quiet)
             if fitted.log_density is not None:
                 log_density = fitted.log_density.cpu().numpy()
         if not comm.is_main:
             return {}
         summary = _finish(args, s, choice, inputs, comm, device, rows, outputs, tally, log_density, timings,
                           started)
-    except BaseException:
+    except BaseException as exc:
         if outputs is not None:
-            outputs.abort()
+            outputs.abort(keep_partial=isinstance(exc, KeyboardInterrupt))
         raise
     return summary
+
+
+def _vote_pass(problem: Problem, fitted, comm: Comm, tally: Optional[_Tally], partial: Optional[PartialRun],
+               resumed: bool, chose: bool, progress, timings: dict, quiet: bool) -> None:
+    """``stream_votes`` into the tally; with ``partial``, each finished round is recorded
+    there, and a resumed run starts after the last one recorded."""
+    first, round_done = 0, None
+    if partial is not None:
+        found = partial.progress() if resumed else None
+        if found is not None:
+            first = found.rounds_done
+            tally.restore(found)
+            problem.rows.zero_rows = found.zero_rows
+            timings["resumed_at_round"] = first
+            if not quiet:
+                total = comm.rounds(problem.rows.n, fitted.settings.chunk_rows)
+                print(f"resuming {partial.folder}: {first} of {total} chunks were done", file=sys.stderr)
+
+        def round_done(j: int) -> None:
+            partial.round_done(tally.progress(j + 1, problem.rows.zero_rows))
+    start = time.perf_counter()
+    checked = chose or fitted.log_density is not None
+    stream_votes(problem, fitted, comm, tally, check=not checked, progress=progress, first_round=first,
+                 round_done=round_done)
+    timings["propagation"] = time.perf_counter() - start
 
 
 def _write_diffusion(f: np.ndarray, inputs: Inputs, chunk: int, tally: _Tally) -> None:
@@ -478,7 +534,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         usable_backend(args.backend, device, ("topk_similarity",), dim,
                        settings_of(args).longest_top_k(n, len(inputs.labeled_ids)))
         if rank == 0:
-            outputs = Outputs(Path(args.out), inputs.embeddings.shape[0])
+            outputs = Outputs(Path(args.out), inputs.embeddings.shape[0], job=job_of(args) if group is None else None)
     except InputError as exc:
         _fail(str(exc), rank)
     except OSError as exc:
@@ -495,6 +551,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
         raise
     try:
         summary = run(args, inputs, Comm(group, device), device, outputs)
+    except KeyboardInterrupt:
+        if rank == 0 and outputs is not None and outputs.partial is not None:
+            print(f"interrupted: the same command continues from the last finished chunk "
+                  f"({outputs.partial.folder})", file=sys.stderr)
+        raise SystemExit(130)
     except (NonFiniteRow, OSError) as exc:
         if group is not None:
             torch.distributed.destroy_process_group()
