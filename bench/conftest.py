@@ -1,4 +1,4 @@
-"""pytest-benchmark suites: ``pytest bench/ --benchmark-only [--llp-size small|large]
+"""pytest-benchmark suites: ``pytest bench/ --benchmark-only [--llp-size small|large|huge]
 [--benchmark-json=out.json]``; then ``python -m bench.report out.json``.
 
 Each benchmark module sets ``OP`` (a key of ``bench.sizes.SIZES``) and ``KERNEL_OP``
@@ -20,8 +20,9 @@ from .sizes import SIZES
 
 
 def pytest_addoption(parser):
-    parser.addoption("--llp-size", choices=["small", "large", "gpu"], default=None,
-                     help="benchmark sizes: small (CPU default), large (opt-in on CPU), gpu (CUDA default)")
+    parser.addoption("--llp-size", choices=["small", "large", "gpu", "huge"], default=None,
+                     help="benchmark sizes: small (CPU default), large (opt-in on CPU), gpu (CUDA default), "
+                          "huge (the propagation tool only: 10M rows, written once to LLP_BENCH_CACHE)")
     parser.addoption("--llp-busy", action="store_true",
                      help="run every benchmark beside a competing process (a 2-thread torch matmul loop)")
 
@@ -51,7 +52,12 @@ def pytest_generate_tests(metafunc):
     op = getattr(metafunc.module, "OP", None)
     if op is None or "size" not in metafunc.fixturenames:
         return
-    sizes = SIZES[size_class(metafunc.config)][op]
+    chosen = size_class(metafunc.config)
+    sizes = SIZES.get(chosen, {}).get(op, [])
+    if not sizes:
+        metafunc.parametrize("size,impl", [pytest.param(None, None, id=f"no-{chosen}-size", marks=pytest.mark.skip(
+            reason=f"no {op} sizes at --llp-size {chosen}"))])
+        return
     peers = getattr(metafunc.module, "PEERS", ())
     cases = []
     for size in sizes:

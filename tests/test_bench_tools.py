@@ -2,6 +2,8 @@
 cannot fail proves nothing), and the report turns pytest-benchmark JSON into tables."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -96,3 +98,25 @@ def test_shipped_table_is_valid_json():
     data = json.loads(TABLE_PATH.read_text())
     for entry in data["entries"]:  # empty until a GPU run records one
         assert {"gpu", "date", "source", "fastest"} <= set(entry)
+
+
+def test_the_huge_data_set_is_written_once_and_reused(tmp_path):
+    from bench.test_propagate_tool import cached_clusters
+
+    folder, labels, truth = cached_clusters(tmp_path, 3000, 0.01, seed=7)
+    assert (labels >= 0).sum() == 30 and len(truth) == 3000
+    written = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again, labels2, _ = cached_clusters(tmp_path, 3000, 0.01, seed=7)
+    assert again == folder and np.array_equal(labels, labels2)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == written
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary left
+
+
+def test_the_chunked_faiss_peer_is_the_whole_file_one(tmp_path):
+    pytest.importorskip("faiss")
+    from bench.test_propagate_tool import cached_clusters, faiss_vote, faiss_vote_chunked
+
+    folder, labels, _ = cached_clusters(tmp_path, 3000, 0.02, seed=8)
+    whole, chunked = faiss_vote(folder, labels, "cpu")(), faiss_vote_chunked(folder, labels, chunk=257)()
+    assert (whole[0] != chunked[0]).mean() <= 1e-3
+    np.testing.assert_allclose(whole[1], chunked[1], atol=1e-5)
