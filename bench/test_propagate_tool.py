@@ -78,7 +78,6 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("rows", sizes, ids=[f"N{n}" for n in sizes])
 
 
-
 def write_clusters(path, n: int, fraction: float, seed: int):
     """Unit rows near 100 random centres, stored fp16 at ``path``; returns (labels with
     -1 for the unlabeled rows, true clusters)."""
