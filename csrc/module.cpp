@@ -82,6 +82,20 @@ PYBIND11_MODULE(_C, m) {
                                      threads_or_default(threads));
         });
 
+  m.def("cpu_topk_fused_isa", &llp::cpu::topk_fused_isa);
+
+  m.def("cpu_topk_fused",
+        [](uintptr_t queries, int64_t Q, uintptr_t keys, int key_dtype, int64_t N, int64_t D,
+           uintptr_t bias, float inv_tau, int64_t k, uintptr_t heap_vals, uintptr_t heap_idx,
+           int isa, int threads) {
+          if (isa < llp::cpu::kIsaAvx2 || isa > llp::cpu::topk_fused_isa())
+            throw py::value_error("cpu_topk_fused: isa " + std::to_string(isa) + " is not available here");
+          py::gil_scoped_release nogil;
+          llp::cpu::topk_fused(ptr<const float>(queries), Q, ptr<const void>(keys), key_dtype, N, D,
+                               ptr_or_null<const float>(bias), inv_tau, k, ptr<float>(heap_vals),
+                               ptr<int64_t>(heap_idx), isa, threads_or_default(threads));
+        });
+
   m.def("cpu_topk_finalize",
         [](uintptr_t heap_vals, uintptr_t heap_idx, int64_t Q, int64_t k, int threads) {
           py::gil_scoped_release nogil;

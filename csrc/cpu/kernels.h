@@ -34,6 +34,16 @@ void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const
                       float inv_tau, int64_t offset, int64_t k, float* heap_vals,
                       int64_t* heap_idx, int threads);
 
+// The same top-k with the dot products computed in registers (cpu/topk_fused.cpp), no
+// tile in memory: queries [Q, D] fp32, keys [N, D] of dtype `key_dtype` (common/dtype.h),
+// bias [N] or null; heap_vals/heap_idx [Q, k] are filled (k <= N), then sorted by
+// topk_finalize. `isa` is one topk_fused_isa() allows.
+enum FusedIsa : int { kIsaNone = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+int topk_fused_isa();
+void topk_fused(const float* queries, int64_t Q, const void* keys, int key_dtype, int64_t N,
+                int64_t D, const float* bias, float inv_tau, int64_t k, float* heap_vals,
+                int64_t* heap_idx, int isa, int threads);
+
 // Sort each row's heap: values descending, ties by ascending index, NaN last.
 void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, int threads);
 

@@ -7,49 +7,11 @@
 
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
+#include "cpu/topk_heap.h"
 
 namespace llp::cpu {
 
 namespace {
-
-// "a ranks below b": a NaN value below every number (even -inf), else the smaller value,
-// and among equal values (or two NaNs) the larger index.
-inline bool worse(float va, int64_t ia, float vb, int64_t ib) {
-  const bool nan_a = va != va, nan_b = vb != vb;
-  if (nan_a != nan_b) return nan_a;
-  if (!nan_a && va != vb) return va < vb;
-  return ia > ib;
-}
-
-void sift_down(float* v, int64_t* ix, int64_t k, int64_t pos) {
-  const float val = v[pos];
-  const int64_t idx = ix[pos];
-  while (true) {
-    int64_t child = 2 * pos + 1;
-    if (child >= k) break;
-    if (child + 1 < k && worse(v[child + 1], ix[child + 1], v[child], ix[child])) ++child;
-    if (!worse(v[child], ix[child], val, idx)) break;
-    v[pos] = v[child];
-    ix[pos] = ix[child];
-    pos = child;
-  }
-  v[pos] = val;
-  ix[pos] = idx;
-}
-
-void sift_up(float* v, int64_t* ix, int64_t pos) {
-  const float val = v[pos];
-  const int64_t idx = ix[pos];
-  while (pos > 0) {
-    int64_t parent = (pos - 1) / 2;
-    if (!worse(val, idx, v[parent], ix[parent])) break;
-    v[pos] = v[parent];
-    ix[pos] = ix[parent];
-    pos = parent;
-  }
-  v[pos] = val;
-  ix[pos] = idx;
-}
 
 constexpr int64_t kFilterBlock = 16;
 
@@ -68,7 +30,7 @@ void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const
       const int64_t pos = offset + j;
       hv[pos] = row[j] * inv_tau - (bias ? bias[j] : 0.0f);
       hi[pos] = offset + j;
-      sift_up(hv, hi, pos);
+      heap_sift_up(hv, hi, pos);
     }
     // Filter phase, one block of columns at a time: a vectorised max (which skips NaN)
     // decides whether the block can hold anything better than the current k-th best.
@@ -94,10 +56,10 @@ void topk_tile_update(const float* dots, int64_t Q, int64_t n, int64_t ld, const
       if (!nan_kept && !(block_max > threshold)) continue;
       for (int64_t c = j; c < end; ++c) {
         const float v = row[c] * inv_tau - (bias ? bias[c] : 0.0f);
-        if (worse(hv[0], hi[0], v, offset + c)) {
+        if (ranks_below(hv[0], hi[0], v, offset + c)) {
           hv[0] = v;
           hi[0] = offset + c;
-          sift_down(hv, hi, k, 0);
+          heap_sift_down(hv, hi, k, 0);
           threshold = hv[0];
         }
       }
@@ -116,7 +78,7 @@ void topk_finalize(float* heap_vals, int64_t* heap_idx, int64_t Q, int64_t k, in
       int64_t* hi = heap_idx + q * k;
       std::iota(order.begin(), order.end(), 0);
       std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return worse(hv[b], hi[b], hv[a], hi[a]);
+        return ranks_below(hv[b], hi[b], hv[a], hi[a]);
       });
       for (int64_t r = 0; r < k; ++r) {
         tmp_v[r] = hv[order[r]];

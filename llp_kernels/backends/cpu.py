@@ -11,6 +11,7 @@ validated and contiguous, labels as int64.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -35,8 +36,16 @@ register_backend(Backend(
     environment=_environment,
     auto_devices=("cpu",),
     auto_priority=0,
-    details=lambda: f"{torch.get_num_threads()} threads",
+    details=lambda: _details(),
 ))
+
+
+def _details() -> str:
+    try:
+        kernel = topk_kernel()
+    except (ValueError, RuntimeError) as exc:
+        kernel = f"unusable ({exc})"
+    return f"{torch.get_num_threads()} threads, top-k kernel {kernel}"
 
 TILE_ELEMENTS = 1 << 20
 MIN_TILE_COLS = 256
@@ -110,6 +119,33 @@ def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels
     return dq
 
 
+TOPK_KERNELS = {"avx512": 2, "avx2": 1, "tiles": 0}
+FUSED_ROWS = {"avx512": 14, "avx2": 6}
+
+
+def topk_kernel() -> str:
+    """The top-k kernel of this CPU: ``avx512`` or ``avx2`` (dot products in registers,
+    ``csrc/cpu/topk_fused.cpp``) where the CPU has the instructions, else ``tiles``
+    (BLAS tiles then a heap filter). ``LLP_CPU_TOPK`` = one of those names picks another
+    that this CPU can run, for every call (to compare them, or to test each); unset or
+    ``auto``: the best, except for calls of a few query rows (see ``launch_topk``)."""
+    available = extension().cpu_topk_fused_isa()
+    best = next(name for name, code in TOPK_KERNELS.items() if code == available)
+    wanted = _wanted_topk_kernel()
+    if wanted == "auto":
+        return best
+    if TOPK_KERNELS[wanted] > available:
+        raise ValueError(f"LLP_CPU_TOPK={wanted}: this CPU lacks those instructions (it runs {best})")
+    return wanted
+
+
+def _wanted_topk_kernel() -> str:
+    wanted = os.environ.get("LLP_CPU_TOPK", "auto").strip() or "auto"
+    if wanted != "auto" and wanted not in TOPK_KERNELS:
+        raise ValueError(f"LLP_CPU_TOPK must be auto or one of {', '.join(TOPK_KERNELS)}, got {wanted!r}")
+    return wanted
+
+
 @register_kernel(TOPK, "cpu")
 def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
                 key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -119,6 +155,25 @@ def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
     bias = None if key_bias is None else _fp32(key_bias).contiguous()
     values = torch.empty(Q, k, dtype=torch.float32)
     indices = torch.empty(Q, k, dtype=torch.int64)
+    kernel = topk_kernel()
+    # The fused kernel shares work out in groups of query rows: unless asked for by name,
+    # a few rows are left to BLAS, which splits the keys between threads too.
+    few_rows = kernel != "tiles" and Q < FUSED_ROWS[kernel] * _threads()
+    if kernel != "tiles" and not (few_rows and _wanted_topk_kernel() == "auto"):
+        C.cpu_topk_fused(ptr(q), Q, ptr(keys), dtype_code(keys, "keys"), N, q.shape[1],
+                         0 if bias is None else ptr(bias), 1.0 / tau, k, ptr(values), ptr(indices),
+                         TOPK_KERNELS[kernel], _threads())
+    else:
+        _topk_tiles(q, keys, k, tau, bias, values, indices)
+    C.cpu_topk_finalize(ptr(values), ptr(indices), Q, k, _threads())
+    return values, indices
+
+
+def _topk_tiles(q: Tensor, keys: Tensor, k: int, tau: float, bias: Optional[Tensor],
+                values: Tensor, indices: Tensor) -> None:
+    """The heaps of ``launch_topk`` from BLAS tiles of raw dot products."""
+    C = extension()
+    Q, N = q.shape[0], keys.shape[0]
     # Row blocks keep the tile buffer bounded when Q is large.
     row_block = min(Q, TOPK_ROW_BLOCK)
     cols = _tile_cols(row_block, N)
@@ -133,8 +188,6 @@ def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
             C.cpu_topk_tile_update(ptr(dots), r1 - r0, hi - lo, hi - lo,
                                    0 if bias is None else ptr(bias) + 4 * lo, 1.0 / tau, lo, k,
                                    ptr(vb), ptr(ib), _threads())
-    C.cpu_topk_finalize(ptr(values), ptr(indices), Q, k, _threads())
-    return values, indices
 
 
 @register_kernel(BANK_UPDATE, "cpu")
