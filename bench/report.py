@@ -39,8 +39,10 @@ def roofline_text(frac) -> str:
 
 
 def roofline_fraction(extra: Dict, seconds: float):
+    """``compute_dtype`` (when a benchmark gives it) is the precision of the products,
+    which decides the peak: a 16-bit file whose rows are widened to fp32 is fp32 work."""
     peaks = extra.get("device_peaks") or {}
-    flops_peak = peaks.get(f"flops_{extra.get('dtype', 'float32')}")
+    flops_peak = peaks.get(f"flops_{extra.get('compute_dtype', extra.get('dtype', 'float32'))}")
     bandwidth = peaks.get("bytes_per_s")
     if not flops_peak or not bandwidth or not extra.get("flops"):
         return None

@@ -196,7 +196,7 @@ def test_propagate_tool_llp(benchmark, rows, dataset, device, peaks, tmp_path):
     labeled = int((given >= 0).sum())
     flops, nbytes = work(rows, labeled)
     extra = info("propagate tool", size_of(rows, labeled), "llp.propagate", peaks, flops, nbytes,
-                 max_abs_err=err, label_disagreement=disagree, N=rows,
+                 compute_dtype="float32", max_abs_err=err, label_disagreement=disagree, N=rows,
                  accuracy=accuracy(np.load(tmp_path / "out" / "pseudo_labels.npy"), given, truth),
                  phase_seconds=summary["timings_s"])
     measure(benchmark, fn, device, extra, rounds=1, warmup_rounds=0)
@@ -293,7 +293,8 @@ def test_propagate_tool_faiss_chunked(benchmark, rows, dataset, device, peaks):
     labeled = int((given >= 0).sum())
     flops, nbytes = work(rows, labeled)
     extra = info("propagate tool", size_of(rows, labeled), "peer:faiss chunked", peaks, flops, nbytes,
-                 max_abs_err=err, label_disagreement=disagree, N=rows, accuracy=accuracy(fn()[0], given, truth))
+                 compute_dtype="float32", max_abs_err=err, label_disagreement=disagree, N=rows,
+                 accuracy=accuracy(fn()[0], given, truth))
     measure(benchmark, fn, device, extra, rounds=1, warmup_rounds=0)
 
 
@@ -308,7 +309,8 @@ def test_propagate_tool_faiss(benchmark, rows, dataset, device, peaks):
     labeled = int((given >= 0).sum())
     flops, nbytes = work(rows, labeled)
     extra = info("propagate tool", size_of(rows, labeled), "peer:faiss", peaks, flops, nbytes,
-                 max_abs_err=err, label_disagreement=disagree, N=rows, accuracy=accuracy(fn()[0], given, truth))
+                 compute_dtype="float32", max_abs_err=err, label_disagreement=disagree, N=rows,
+                 accuracy=accuracy(fn()[0], given, truth))
     measure(benchmark, fn, device, extra, rounds=1, warmup_rounds=0)
 
 
@@ -328,5 +330,6 @@ def test_propagate_tool_label_spreading(benchmark, rows, dataset, device, peaks)
     labeled = int((given >= 0).sum())
     flops = gemm_cost(rows, rows, D)  # its brute-force kNN graph
     extra = info("propagate tool", size_of(rows, labeled), "peer:sklearn LabelSpreading(knn)", peaks, flops,
-                 rows * D * 4, N=rows, check_accuracy=check, accuracy=accuracy(fn(), given, truth))
+                 rows * D * 4, compute_dtype="float32", N=rows, check_accuracy=check,
+                 accuracy=accuracy(fn(), given, truth))
     measure(benchmark, fn, torch.device("cpu"), extra, rounds=1, warmup_rounds=0)

@@ -18,7 +18,7 @@ from .ops.topk import topk_similarity
 from .ops.bank_update import update_memory_bank_
 from .ops.class_vote import class_vote
 from .ops.density import local_density
-from .ops.normalize import normalize_rows
+from .ops.normalize import normalize_rows, normalize_rows_
 from .ops.propagate import propagate_labels
 from . import defaults, reference, registry
 from .registry import available_backends, unusable_reason, usable_backends
@@ -42,6 +42,7 @@ __all__ = [
     "defaults",
     "local_density",
     "normalize_rows",
+    "normalize_rows_",
     "propagate_labels",
     "reference",
     "registry",

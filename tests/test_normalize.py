@@ -73,3 +73,28 @@ def test_the_embedding_head_gives_unit_rows_at_any_scale():
         embedding, _ = net(torch.randn(6, 4))
     norms = embedding.double().norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_form_gives_the_same_bits_and_the_scales(dtype):
+    special = torch.tensor([[1e-40, 0.0, -0.0, 0.0], [0.0, -0.0, 0.0, 0.0], [1.0, float("nan"), 0.0, 2.0],
+                            [1.0, float("inf"), 0.0, -3.0], [-5.0, float("-inf"), 1.0, 0.0], [3.0, -4.0, 0.0, 0.0]],
+                           dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    for x in (rows_at_every_scale(dtype=dtype), special, torch.randn(1000, 128, generator=g, dtype=dtype)):
+        want = lk.normalize_rows(x)
+        y = x.clone()
+        scale = lk.normalize_rows_(y)
+        assert torch.equal(torch.isnan(y), torch.isnan(want))
+        assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(want))  # same bits (sign of zero too)
+        assert torch.equal(torch.signbit(y), torch.signbit(want))
+        want_scale = x.abs().amax(dim=1)
+        assert torch.equal(torch.isnan(scale), torch.isnan(want_scale))
+        assert torch.equal(torch.nan_to_num(scale), torch.nan_to_num(want_scale))
+    assert lk.normalize_rows_(special.clone())[[1, 2, 3, 4]].tolist()[0] == 0.0  # a zero row's scale
+    assert torch.isinf(lk.normalize_rows_(special.clone())[3:5]).all()
+
+
+def test_in_place_form_refuses_a_tensor_that_requires_grad():
+    with pytest.raises(ValueError, match="requires grad"):
+        lk.normalize_rows_(torch.randn(3, 4, requires_grad=True))

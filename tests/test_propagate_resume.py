@@ -178,3 +178,77 @@ def test_kill_9_at_a_random_round_then_the_same_command(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["timings_s"]["resumed_at_round"] >= done
     assert_same_run(tmp_path / "out", tmp_path / "whole")
+
+
+def _descendants(pid: int) -> list:
+    """Every process below ``pid`` (Linux /proc): torchrun starts its workers in their
+    own sessions, so killing its process group alone would leave them running."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _torchrun(folder, out, flags):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "llp.propagate", *argv(folder, out, *flags)]
+
+
+def test_torchrun_killed_then_the_same_command(tmp_path):
+    """Two processes under torchrun, torchrun and its workers killed with SIGKILL in the
+    middle of the vote pass; the same torchrun command continues from rank 0's record
+    and ends with the outputs of an uninterrupted torchrun run. A one-process run of the
+    same job does not take the two-process partial run over (another number of processes)."""
+    folder = data(tmp_path, n=30000)
+    flags = ["--method", "knn", "--chunk-rows", "64"]  # 235 rounds of two chunks; the vote pass checks rows
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    whole = subprocess.run(_torchrun(folder, tmp_path / "whole", flags), env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    child = subprocess.Popen(_torchrun(folder, tmp_path / "out", flags), env=env, cwd=tmp_path,
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "out" / resume.FOLDER / resume.PROGRESS
+    done, deadline = 0, time.monotonic() + 240
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            done = json.loads(progress.read_text())["rounds_done"]
+        except (OSError, ValueError):
+            done = 0
+        if done >= 20:
+            break
+        time.sleep(0.002)
+    assert child.poll() is None, "the run ended before it could be killed: give it more rounds"
+    for pid in [child.pid, *_descendants(child.pid)]:  # the agent and its workers, at once
+        os.kill(pid, signal.SIGKILL)
+    child.wait()
+    assert 0 < done < 235
+    assert not any((tmp_path / "out" / name).exists() for name in ARRAYS)
+    job = json.loads((tmp_path / "out" / resume.FOLDER / resume.JOB).read_text())
+    assert job["processes"] == 2
+    resumed = subprocess.run(_torchrun(folder, tmp_path / "out", flags), env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["timings_s"]["resumed_at_round"] >= done and summary["processes"] == 2
+    assert summary["zero_norm_rows"] == 4
+    assert_same_run(tmp_path / "out", tmp_path / "whole")
+
+
+def test_the_number_of_processes_is_part_of_the_job(tmp_path, monkeypatch):
+    folder = data(tmp_path)
+    args = propagate.parse(argv(folder, tmp_path / "out"))
+    assert resume.job_of(args, 2) != resume.job_of(args, 1)
+    (tmp_path / "out").mkdir()
+    resume.PartialRun(tmp_path / "out", resume.job_of(args, 2), 3000)
+    assert not resume.PartialRun(tmp_path / "out", resume.job_of(args, 1), 3000).resumed
+    assert resume.PartialRun(tmp_path / "out", resume.job_of(args, 1), 3000).resumed

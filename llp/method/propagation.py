@@ -111,8 +111,8 @@ class NonFiniteRow(ValueError):
 class Rows:
     """An [N, D] array (``np.ndarray`` or ``np.memmap``; float16/32/64, or bfloat16 bit
     patterns stored as uint16/int16 when ``bfloat16``) read in row ranges; each read
-    returns fp32 rows L2-normalised on ``device`` by ``lk.normalize_rows`` in the file's
-    precision (fp32 for 16-bit files), so every finite row is unit length whatever its
+    returns fp32 rows L2-normalised on ``device`` by ``lk.normalize_rows_`` (in place, the
+    values of ``lk.normalize_rows``) in the file's precision (fp32 for 16-bit files), so every finite row is unit length whatever its
     magnitude (a float64 row of 1e300 too); an all-zero row stays zero.
 
     ``read(lo, hi, check=True)`` raises ``NonFiniteRow`` for the first row holding NaN
@@ -123,33 +123,56 @@ class Rows:
         self.array, self.device, self.bfloat16 = array, torch.device(device), bfloat16
         self.n, self.dim = (int(v) for v in array.shape)
         self.zero_rows = 0
+        self._held: Optional[Tensor] = None  # the buffer of ``read(..., reuse=True)``
         self.scale = 1.0  # the euclidean diffusion's factor on raw rows (llp.method.diffusion.read_all)
 
     def __len__(self) -> int:
         return self.n
 
-    def read(self, lo: int, hi: int, check: bool = False, raw: bool = False) -> Tensor:
+    def read(self, lo: int, hi: int, check: bool = False, raw: bool = False, reuse: bool = False) -> Tensor:
         """Rows [lo, hi) fp32, L2-normalised (``raw``: as stored, in fp32 or float64, for
-        Euclidean distances)."""
-        return self._normalised(np.array(self.array[lo:hi], copy=True), lo if check else None, raw)
+        Euclidean distances). ``reuse``: into this object's one buffer, which the next
+        ``reuse`` read overwrites: for a caller done with a chunk before it reads the next
+        (no fresh chunk-sized memory per read, whose page faults cost more than the work)."""
+        return self._normalised(np.array(self.array[lo:hi], copy=True), lo if check else None, raw, reuse)
 
     def take(self, ids: np.ndarray) -> Tensor:
         """Rows ``ids`` (ascending), unchecked: a later full pass checks every row."""
         return self._normalised(np.asarray(self.array[ids]), None)
 
-    def _normalised(self, block: np.ndarray, first: Optional[int], raw: bool = False) -> Tensor:
+    def _normalised(self, block: np.ndarray, first: Optional[int], raw: bool = False, reuse: bool = False) -> Tensor:
         x = torch.from_numpy(np.ascontiguousarray(block))
         if self.bfloat16:
             x = x.view(torch.bfloat16)
-        x = x.to(self.device)
-        if x.dtype != torch.float64:
-            x = x.float()
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if raw:
+            out = x.to(self.device, dtype)
+            if first is not None:
+                self._check(first, out.abs().amax(dim=1))
+            return out
+        if reuse:
+            out = self._buffer(x.shape, dtype)
+            out.copy_(x)
+        else:
+            out = x.to(self.device, dtype, copy=True)
+        scale = lk.normalize_rows_(out)
         if first is not None:
-            finite = torch.isfinite(x).all(dim=1)
-            if not bool(finite.all()):
-                raise NonFiniteRow(first + int(torch.nonzero(~finite)[0, 0]))
-            self.zero_rows += int((x == 0).all(dim=1).sum())
-        return x if raw else lk.normalize_rows(x).float()
+            self._check(first, scale)
+        return out.float()
+
+    def _check(self, first: int, scale: Tensor) -> None:
+        """From each row's largest ``|x_ij|`` [n]: NaN or inf for a non-finite row, 0 for a zero row."""
+        finite = torch.isfinite(scale)
+        if not bool(finite.all()):
+            raise NonFiniteRow(first + int(torch.nonzero(~finite)[0, 0]))
+        self.zero_rows += int((scale == 0).sum())
+
+    def _buffer(self, shape, dtype) -> Tensor:
+        n = shape[0] * shape[1]
+        held = self._held
+        if held is None or held.dtype != dtype or held.numel() < n:
+            held = self._held = torch.empty(n, dtype=dtype, device=self.device)
+        return held[:n].view(shape)
 
 
 @dataclass
@@ -215,6 +238,15 @@ class Comm:
         if row is not None:
             raise NonFiniteRow(row)
 
+    def broadcast_object(self, value):
+        """Rank 0's ``value`` (any picklable object; tensors on the CPU) on every process."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def broadcast_int(self, value: int) -> int:
         """Rank 0's ``value`` on every process."""
         if self.world == 1:
@@ -273,6 +305,12 @@ class Fitted:
     log_density: Optional[Tensor]
     num_classes: int
     settings: Settings
+
+    def to(self, device) -> "Fitted":
+        """The same propagation with its tensors on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Fitted(move(self.labeled), move(self.classes), move(self.bias), move(self.log_density),
+                      self.num_classes, self.settings)
 
     def neighbours(self, queries: Tensor) -> Tuple[Tensor, Tensor]:
         """Scores [Q, K] (sorted descending) of each query's K best labeled rows, and their classes."""
@@ -347,7 +385,7 @@ def _top_similarities(problem: Problem, labeled: Tensor, s: Settings, comm: Comm
     bar = progress("density", len(span))
     for lo, hi in chunks(span, s.chunk_rows):
         try:
-            x = rows.read(lo, hi, check=True)
+            x = rows.read(lo, hi, check=True, reuse=True)
         except NonFiniteRow as exc:
             bad = exc.row
             break
@@ -394,9 +432,13 @@ def stream_votes(problem: Problem, fitted: Fitted, comm: Comm, sink: Sink, check
     for j in range(first_round, rounds):
         lo = span.start + j * s.chunk_rows
         hi = min(span.stop, lo + s.chunk_rows)
+        zero_before = rows.zero_rows
         out = _vote_chunk(problem, fitted, lo, hi, check, proba)
         if check:
             comm.raise_first_bad(out[0])
+            # Every round's count summed over the processes at once, so that the count
+            # a resumed run restores on rank 0 covers every process's rows.
+            rows.zero_rows = zero_before + comm.sum_int(rows.zero_rows - zero_before)
         parts = comm.gather_parts(*(out[1:] if proba else out[1:3]))
         if comm.is_main:
             for rank, part in enumerate(parts):
@@ -407,8 +449,6 @@ def stream_votes(problem: Problem, fitted: Fitted, comm: Comm, sink: Sink, check
                 round_done(j)
         bar.update(sum(len(r) for r in _round_spans(comm, rows.n, s.chunk_rows, [j])))
     bar.close()
-    if check:
-        rows.zero_rows = comm.sum_int(rows.zero_rows)
 
 
 def _round_spans(comm: Comm, n: int, chunk: int, rounds) -> Iterator[range]:
@@ -433,7 +473,7 @@ def _vote_chunk(problem: Problem, fitted: Fitted, lo: int, hi: int, check: bool,
     if n == 0:
         return None, labels, conf, shares
     try:
-        x = problem.rows.read(lo, hi, check=check)
+        x = problem.rows.read(lo, hi, check=check, reuse=True)
     except NonFiniteRow as exc:
         return exc.row, labels, conf, shares
     unlabeled = labels < 0

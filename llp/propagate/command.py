@@ -7,8 +7,9 @@ Writes DIR/pseudo_labels.npy (int64 [N]; labeled rows keep their label),
 DIR/confidence.npy (float32 [N]; 1 for labeled rows) and DIR/summary.json, each first
 under a temporary name and renamed into place at the end (a failure leaves DIR as it
 was). The embeddings are read memory-mapped in chunks and L2-normalised chunk by chunk:
-only the labeled rows are held in memory. A one-process run that is killed continues
-from its last finished chunk when the same command is run again (``llp.propagate.resume``).
+only the labeled rows are held in memory. A run that is killed continues from its last
+finished chunk when the same command is run again (``llp.propagate.resume``), under
+``torchrun`` too.
 ``torchrun --nproc_per_node=G -m llp.propagate ...`` splits the rows over G processes;
 rank 0 writes.
 
@@ -261,9 +262,9 @@ def remove_stale_temporaries(out: Path) -> List[Path]:
 class Outputs:
     """The output files, written under temporary names in DIR and renamed into place by
     ``commit``; ``abort`` removes them (and DIR, if this run created it and it is empty).
-    Temporaries that a killed run left in DIR are removed first. With ``job`` (a
-    one-process run) the two arrays live in ``DIR/.partial-run/`` (``partial``), which
-    a killed run leaves for the same command to continue from."""
+    Temporaries that a killed run left in DIR are removed first. With ``job`` (the
+    command line's run) the two arrays live in ``DIR/.partial-run/`` (``partial``),
+    which a killed run leaves for the same command to continue from."""
 
     def __init__(self, out: Path, n: int, job: Optional[dict] = None):
         self.out = out
@@ -375,11 +376,11 @@ def run(args, inputs: Inputs, comm: Comm, device: torch.device, outputs: Optiona
     if comm.is_main and outputs is None:
         outputs = Outputs(Path(args.out), rows.n)
     timings: dict = {}
-    partial = outputs.partial if comm.is_main and comm.world == 1 else None
+    partial = outputs.partial if comm.is_main else None
     try:
         tally = _Tally(inputs, outputs) if comm.is_main else None
         log_density, choice, top = None, None, None
-        saved = partial.load_fitted(device) if partial is not None and partial.resumed else None
+        saved = _saved_fit(partial, comm, device)
         if saved is not None:
             fitted, choice_summary, rows.zero_rows, previous = saved
             choice = None if choice_summary is None else SavedChoice(choice_summary)
@@ -415,6 +416,17 @@ def run(args, inputs: Inputs, comm: Comm, device: torch.device, outputs: Optiona
     return summary
 
 
+def _saved_fit(partial: Optional[PartialRun], comm: Comm, device: torch.device):
+    """A resumed run's saved fit (``PartialRun.load_fitted``) on every process, or None."""
+    saved = partial.load_fitted(torch.device("cpu")) if partial is not None and partial.resumed else None
+    if comm.world > 1:
+        saved = comm.broadcast_object(saved)
+    if saved is None:
+        return None
+    fitted, *rest = saved
+    return (fitted.to(device), *rest)
+
+
 def _vote_pass(problem: Problem, fitted, comm: Comm, tally: Optional[_Tally], partial: Optional[PartialRun],
                resumed: bool, chose: bool, progress, timings: dict, quiet: bool) -> None:
     """``stream_votes`` into the tally; with ``partial``, each finished round is recorded
@@ -433,6 +445,7 @@ def _vote_pass(problem: Problem, fitted, comm: Comm, tally: Optional[_Tally], pa
 
         def round_done(j: int) -> None:
             partial.round_done(tally.progress(j + 1, problem.rows.zero_rows))
+    first = comm.broadcast_int(first)
     start = time.perf_counter()
     checked = chose or fitted.log_density is not None
     stream_votes(problem, fitted, comm, tally, check=not checked, progress=progress, first_round=first,
@@ -534,7 +547,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         usable_backend(args.backend, device, ("topk_similarity",), dim,
                        settings_of(args).longest_top_k(n, len(inputs.labeled_ids)))
         if rank == 0:
-            outputs = Outputs(Path(args.out), inputs.embeddings.shape[0], job=job_of(args) if group is None else None)
+            outputs = Outputs(Path(args.out), inputs.embeddings.shape[0],
+                              job=job_of(args, 1 if group is None else group.world))
     except InputError as exc:
         _fail(str(exc), rank)
     except OSError as exc:

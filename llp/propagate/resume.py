@@ -1,9 +1,10 @@
 """What lets a killed ``python -m llp.propagate`` continue where it stopped.
 
-While a one-process run works, ``OUT/.partial-run/`` holds:
+While a run works (one process, or rank 0 of ``torchrun``), ``OUT/.partial-run/`` holds:
 
-    job.json           what the run computes: its flags and the identity (path, size,
-                       modification time, inode) of each input file it reads
+    job.json           what the run computes: its flags, the identity (path, size,
+                       modification time, inode) of each input file it reads, and the
+                       number of processes
     fitted.pt          the fitted propagation, once the density pass (or ``--method
                        auto``'s choice) is done: labeled rows [M, D], classes [M], bias
                        and log-density [M], settings; the choice's summary; the seconds
@@ -14,8 +15,11 @@ While a one-process run works, ``OUT/.partial-run/`` holds:
 ``progress.json`` only after its rounds' rows are flushed to the two arrays: whenever
 the process dies (``kill -9`` included), the folder describes finished work only. The
 same command finds the folder, compares ``job.json`` and continues from the first
-unfinished round; a different job (other flags, a changed input file) discards it.
-At the end the outputs are renamed into ``OUT`` and the folder is removed.
+unfinished round; a different job (other flags, a changed input file, another number
+of processes) discards it. Under ``torchrun`` rank 0 keeps the folder and sends the
+fitted propagation and the first unfinished round to the other processes. At the end
+the outputs are renamed into ``OUT`` and the folder is removed. ``--method diffusion``
+has no rounds: a killed diffusion run starts again.
 """
 from __future__ import annotations
 
@@ -45,10 +49,12 @@ def _identity(path: Optional[str]) -> Optional[list]:
     return [os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def job_of(args) -> dict:
-    """The flags that decide the outputs, and the identity of each input file."""
+def job_of(args, processes: int = 1) -> dict:
+    """The flags that decide the outputs, the identity of each input file, and the
+    number of processes (it decides which rows each vote round holds)."""
     flags = {k: v for k, v in sorted(vars(args).items()) if k not in FREE_FLAGS}
-    return {"flags": flags, "files": {name: _identity(getattr(args, name)) for name in FILE_FLAGS}}
+    return {"flags": flags, "files": {name: _identity(getattr(args, name)) for name in FILE_FLAGS},
+            "processes": processes}
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
