@@ -8,5 +8,5 @@ rules around its kernels, its argument checks and the limits a backend declares 
     propagate.py     propagate_labels (eq. 5), over the top-k kernels and the vote
     class_vote.py    class_vote: the vote of eq. 5 (plain PyTorch on every backend)
     bank_update.py   update_memory_bank_ (Wu et al. 2018)
-    normalize.py     normalize_rows: the one row normalisation
+    normalize.py     normalize_rows, normalize_rows_ (in place): the one row normalisation
 """
