@@ -149,16 +149,10 @@ def test_a_failed_run_removes_its_partial_run(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_kill_9_at_a_random_round_then_the_same_command(tmp_path):
-    """A real SIGKILL in the middle of the vote pass of a child process."""
-    folder = data(tmp_path, n=60000)
-    flags = ["--method", "llp", "--chunk-rows", "64"]  # 938 rounds, each recorded
-    propagate.main(argv(folder, tmp_path / "whole", *flags))
-    command = [sys.executable, "-m", "llp.propagate", *argv(folder, tmp_path / "out", *flags)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen(command, env=env, cwd=tmp_path)
-    progress = tmp_path / "out" / resume.FOLDER / resume.PROGRESS
-    target = np.random.default_rng().integers(20, 200)
+def _rounds_done_when(child, out, target: int) -> int:
+    """Watch ``out``'s progress record until ``target`` rounds are done (or the child ends,
+    or 240 s pass); the rounds done then."""
+    progress = out / resume.FOLDER / resume.PROGRESS
     done, deadline = 0, time.monotonic() + 240
     while child.poll() is None and time.monotonic() < deadline:
         try:
@@ -169,6 +163,18 @@ def test_kill_9_at_a_random_round_then_the_same_command(tmp_path):
             break
         time.sleep(0.002)
     assert child.poll() is None, "the run ended before it could be killed: give it more rounds"
+    return done
+
+
+def test_kill_9_at_a_random_round_then_the_same_command(tmp_path):
+    """A real SIGKILL in the middle of the vote pass of a child process."""
+    folder = data(tmp_path, n=60000)
+    flags = ["--method", "llp", "--chunk-rows", "64"]  # 938 rounds, each recorded
+    propagate.main(argv(folder, tmp_path / "whole", *flags))
+    command = [sys.executable, "-m", "llp.propagate", *argv(folder, tmp_path / "out", *flags)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen(command, env=env, cwd=tmp_path)
+    done = _rounds_done_when(child, tmp_path / "out", np.random.default_rng().integers(20, 200))
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert 0 < done < 938
@@ -217,17 +223,7 @@ def test_torchrun_killed_then_the_same_command(tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     child = subprocess.Popen(_torchrun(folder, tmp_path / "out", flags), env=env, cwd=tmp_path,
                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress = tmp_path / "out" / resume.FOLDER / resume.PROGRESS
-    done, deadline = 0, time.monotonic() + 240
-    while child.poll() is None and time.monotonic() < deadline:
-        try:
-            done = json.loads(progress.read_text())["rounds_done"]
-        except (OSError, ValueError):
-            done = 0
-        if done >= 20:
-            break
-        time.sleep(0.002)
-    assert child.poll() is None, "the run ended before it could be killed: give it more rounds"
+    done = _rounds_done_when(child, tmp_path / "out", 20)
     for pid in [child.pid, *_descendants(child.pid)]:  # the agent and its workers, at once
         os.kill(pid, signal.SIGKILL)
     child.wait()

@@ -88,19 +88,10 @@ class LocalLabelPropagation(ClassifierMixin, BaseEstimator):
     def __init__(self, method=_D.method, k=_D.k, t=_D.t, tau=_D.tau, backend=_D.backend, device="auto",
                  chunk_rows=_D.chunk_rows, graph_k=_D.graph_k, gamma=_D.gamma, alpha=_D.alpha,
                  cg_iters=_D.cg_iters, cg_tol=_D.cg_tol, metric=_D.metric):
-        self.method = method
-        self.k = k
-        self.t = t
-        self.tau = tau
-        self.backend = backend
-        self.device = device
-        self.chunk_rows = chunk_rows
-        self.graph_k = graph_k
-        self.gamma = gamma
-        self.alpha = alpha
-        self.cg_iters = cg_iters
-        self.cg_tol = cg_tol
-        self.metric = metric
+        params = dict(locals())
+        del params["self"]
+        for name, value in params.items():  # each parameter kept as given (scikit-learn's rule)
+            setattr(self, name, value)
 
     def _settings(self) -> Settings:
         s = Settings(**{name: getattr(self, name) for name in Settings.__dataclass_fields__})
