@@ -1,10 +1,15 @@
-"""The ``cpu`` backend: BLAS similarity tiles + fused C++ epilogues on a thread pool (``csrc/cpu``).
+"""The ``cpu`` backend: C++ kernels (``csrc/cpu``) on a thread pool.
 
-Each op walks the keys (bank rows) in column tiles. ``torch.mm`` writes one tile of raw
-dot products ``[rows, cols]`` into a single reused fp32 buffer (bounded to
-``TILE_ELEMENTS`` floats, ~4 MiB); a kernel of ``llp_kernels._C`` then folds it into
-per-row state: the dual online log-sum-exp, the backward weights, or a top-k heap.
-Nothing ``B x N`` is ever allocated; bf16/fp16 banks are widened one tile at a time.
+Top-k (so local density and propagation too), where the CPU has AVX-512 or AVX2 + FMA:
+one fused kernel computes the dot products in registers over packed key panels and
+filters each finished tile against the rows' k-th best (``csrc/cpu/topk_fused.cpp``;
+``topk_kernel`` says which runs). Everything else, and top-k without those instructions
+or for a few query rows: each op walks the keys (bank rows) in column tiles;
+``torch.mm`` writes one tile of raw dot products ``[rows, cols]`` into a single reused
+fp32 buffer (bounded to ``TILE_ELEMENTS`` floats, ~4 MiB), and a kernel of
+``llp_kernels._C`` folds it into per-row state: the dual online log-sum-exp, the backward
+weights, or a top-k heap. Nothing ``B x N`` is ever allocated; bf16/fp16 banks are
+widened one tile (or one packed key block) at a time.
 
 Each launcher is registered to its op (``register_kernel``) and receives its inputs
 validated and contiguous, labels as int64.
@@ -31,7 +36,7 @@ def _environment() -> str:
 
 register_backend(Backend(
     name="cpu",
-    summary="compiled C++ kernels over BLAS similarity tiles",
+    summary="compiled C++ kernels: register-blocked top-k, BLAS similarity tiles for the rest",
     devices=("cpu",),
     environment=_environment,
     auto_devices=("cpu",),
