@@ -106,10 +106,12 @@ class Op:
 
     def why_unusable(self, backend: str, call: Call) -> str:
         """Why ``backend`` cannot run this op for ``call`` ('' when it can)."""
+        why = BACKENDS[backend].why_unusable_on(call.device)
+        if why:
+            return why
         if backend not in self.kernels:
             return f"it does not implement {self.name}"
-        why = BACKENDS[backend].why_unusable_on(call.device)
-        return why or self.limits[backend].why_beyond(call)
+        return self.limits[backend].why_beyond(call)
 
     def __repr__(self) -> str:
         return f"Op({self.name!r}, backends={tuple(self.kernels)})"

@@ -120,3 +120,24 @@ def test_the_chunked_faiss_peer_is_the_whole_file_one(tmp_path):
     whole, chunked = faiss_vote(folder, labels, "cpu")(), faiss_vote_chunked(folder, labels, chunk=257)()
     assert (whole[0] != chunked[0]).mean() <= 1e-3
     np.testing.assert_allclose(whole[1], chunked[1], atol=1e-5)
+
+
+def test_compare_runs_cancels_the_machines_drift(tmp_path):
+    """A machine 10% slower in the 'after' runs: every case's ratio is 1.1, but the cpu
+    case relative to the reference case of the same run is unchanged (1.0)."""
+    from bench import compare_runs
+
+    def run(name, cpu, ref, tool):
+        path = tmp_path / name
+        path.write_text(json.dumps({"benchmarks": [
+            {"fullname": f"bench/t.py::test_forward[B8-float32-{impl}]", "stats": {"median": t}}
+            for impl, t in (("cpu", cpu), ("reference", ref))] + [
+            {"fullname": "bench/t.py::test_tool[N20]", "stats": {"median": tool}}]}))
+        return str(path)
+
+    before = [run("b1.json", 1.0, 2.0, 3.0), run("b2.json", 1.0, 2.0, 3.0)]
+    after = [run("a1.json", 1.1, 2.2, 3.3), run("a2.json", 1.1, 2.2, 3.3)]
+    text = compare_runs.table(compare_runs.load(before, after))
+    assert "| test_forward[B8-float32-cpu] | 1000.00 ms | 1100.00 ms | 1.100 | 1.000 | 1.000 |" in text
+    assert "- tool: 1 cases, median 1.100" in text
+    assert "| test_forward[B8-float32-cpu] | 0.500 | 0.500 | 1.000 |" in text

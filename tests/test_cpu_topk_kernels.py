@@ -117,6 +117,12 @@ def test_auto_picks_the_best_kernel_the_cpu_has(monkeypatch):
     have = lk._extension.extension().cpu_topk_fused_isa()
     assert cpu.TOPK_KERNELS[cpu.topk_kernel()] == have
     assert f"top-k kernel {cpu.topk_kernel()}" in cpu._details()
+    best = cpu.topk_kernel()
+    if best != "tiles":  # a call of a few query rows goes to BLAS unless a kernel is named
+        few = cpu.FUSED_ROWS[best] * cpu._threads() - 1
+        assert cpu.topk_kernel(few) == "tiles" and cpu.topk_kernel(few + 1) == best
+        monkeypatch.setenv("LLP_CPU_TOPK", best)
+        assert cpu.topk_kernel(1) == best
 
 
 def test_a_bad_kernel_name_is_a_clear_error(monkeypatch):

@@ -108,6 +108,59 @@ def test_torch_compile_fullgraph_through_aggregation_loss():
     torch.testing.assert_close(grad_compiled, layer.weight.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_import_without_triton_keeps_the_other_backends():
+    """With triton unimportable, llp_kernels still imports, the triton backend says why
+    it cannot run, and the other backends run."""
+    code = (
+        "import sys, torch\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'triton' or name.startswith('triton.'):\n"
+        "            raise ImportError('simulated: no triton')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import llp_kernels as lk\n"
+        "assert 'triton' not in sys.modules\n"
+        "s = lk.available_backends()\n"
+        "assert s['triton'].startswith('unavailable: triton could not be imported') and 'simulated' in s['triton'], s\n"
+        "q = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)\n"
+        "print(lk.topk_similarity(q, q, 2, backend='cpu'))\n"
+        "try:\n"
+        "    lk.topk_similarity(q, q, 2, backend='triton')\n"
+        "except ValueError as e:\n"
+        "    assert 'simulated' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('triton backend should be refused')\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo, "TRITON_INTERPRET": "1"}
+    env.pop("LLP_BACKEND", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_triton_on_cpu_tensors_needs_the_interpreter_from_import():
+    """Triton fixes at definition whether a kernel is interpreted: without
+    TRITON_INTERPRET at import, CPU tensors are refused with the reason, even if the
+    variable is set later."""
+    code = (
+        "import os, torch\n"
+        "import llp_kernels as lk\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "q = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)\n"
+        "try:\n"
+        "    lk.topk_similarity(q, q, 2, backend='triton')\n"
+        "except ValueError as e:\n"
+        "    assert 'TRITON_INTERPRET=1 (set before llp_kernels is imported)' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('triton on CPU tensors should be refused')\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LLP_BACKEND")}
+    env["PYTHONPATH"] = repo
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
 def test_import_without_extension_warns_once_and_reference_works():
     """With llp_kernels._C unimportable, import still works, says why once, and the
     reference backend runs while the cpu backend is refused with the reason."""

@@ -56,19 +56,32 @@ METRICS = ("cosine", "euclidean")
 
 @dataclass(frozen=True)
 class Settings:
-    """What a propagation run computes; the CLI flags and the estimator's parameters."""
+    """What a propagation run computes; the CLI flags and the estimator's parameters.
+    A saved run stores it as a dict (``dataclasses.asdict``) and resumes from it."""
     method: str = "auto"
+    """One of ``METHODS``; ``auto`` lets ``llp.method.choice`` pick by cross-validation."""
     k: int = K
+    """K: the labeled rows that vote for each query (eq. 5)."""
     t: int = T
+    """T: the unlabeled neighbours in each labeled row's local density (eq. 4)."""
     tau: float = TAU
+    """The temperature that divides every similarity."""
     backend: str = "auto"
+    """The ``llp_kernels`` backend of every top-k and vote."""
     chunk_rows: int = 65536
+    """Rows read, normalised and scored at a time: what bounds the memory."""
     graph_k: int = 10
+    """diffusion: each row's neighbours in the kNN graph."""
     gamma: float = 3.0
+    """diffusion: an edge weighs ``max(s, 0) ** gamma``."""
     alpha: float = 0.9
+    """diffusion: the system solved is ``(I - alpha W) F = Y``, 0 < alpha < 1."""
     cg_iters: int = 20
+    """diffusion: conjugate-gradient iterations per class at most."""
     cg_tol: float = 1e-6
+    """diffusion: the conjugate gradients' relative tolerance."""
     metric: str = "cosine"
+    """diffusion: the graph's neighbours by ``cosine`` or ``euclidean`` distance."""
 
     def longest_top_k(self, n: int, labeled: int) -> int:
         """The longest list this method asks ``lk.topk_similarity`` for over ``n`` rows,

@@ -128,26 +128,25 @@ TOPK_KERNELS = {"avx512": 2, "avx2": 1, "tiles": 0}
 FUSED_ROWS = {"avx512": 14, "avx2": 6}
 
 
-def topk_kernel() -> str:
+def topk_kernel(rows: Optional[int] = None) -> str:
     """The top-k kernel of this CPU: ``avx512`` or ``avx2`` (dot products in registers,
     ``csrc/cpu/topk_fused.cpp``) where the CPU has the instructions, else ``tiles``
     (BLAS tiles then a heap filter). ``LLP_CPU_TOPK`` = one of those names picks another
-    that this CPU can run, for every call (to compare them, or to test each); unset or
-    ``auto``: the best, except for calls of a few query rows (see ``launch_topk``)."""
+    that this CPU can run, for every call (to compare them, or to test each).
+
+    With ``rows``: the kernel a call of that many query rows runs. Unless one is named, a
+    call of fewer than ``FUSED_ROWS[kernel] x threads`` rows goes to ``tiles``: the fused
+    kernel shares its work out in groups of query rows, BLAS splits the keys too."""
     available = extension().cpu_topk_fused_isa()
     best = next(name for name, code in TOPK_KERNELS.items() if code == available)
-    wanted = _wanted_topk_kernel()
+    wanted = os.environ.get("LLP_CPU_TOPK", "auto").strip() or "auto"
     if wanted == "auto":
-        return best
+        few_rows = rows is not None and best != "tiles" and rows < FUSED_ROWS[best] * _threads()
+        return "tiles" if few_rows else best
+    if wanted not in TOPK_KERNELS:
+        raise ValueError(f"LLP_CPU_TOPK must be auto or one of {', '.join(TOPK_KERNELS)}, got {wanted!r}")
     if TOPK_KERNELS[wanted] > available:
         raise ValueError(f"LLP_CPU_TOPK={wanted}: this CPU lacks those instructions (it runs {best})")
-    return wanted
-
-
-def _wanted_topk_kernel() -> str:
-    wanted = os.environ.get("LLP_CPU_TOPK", "auto").strip() or "auto"
-    if wanted != "auto" and wanted not in TOPK_KERNELS:
-        raise ValueError(f"LLP_CPU_TOPK must be auto or one of {', '.join(TOPK_KERNELS)}, got {wanted!r}")
     return wanted
 
 
@@ -160,16 +159,13 @@ def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
     bias = None if key_bias is None else _fp32(key_bias).contiguous()
     values = torch.empty(Q, k, dtype=torch.float32)
     indices = torch.empty(Q, k, dtype=torch.int64)
-    kernel = topk_kernel()
-    # The fused kernel shares work out in groups of query rows: unless asked for by name,
-    # a few rows are left to BLAS, which splits the keys between threads too.
-    few_rows = kernel != "tiles" and Q < FUSED_ROWS[kernel] * _threads()
-    if kernel != "tiles" and not (few_rows and _wanted_topk_kernel() == "auto"):
+    kernel = topk_kernel(Q)
+    if kernel == "tiles":
+        _topk_tiles(q, keys, k, tau, bias, values, indices)
+    else:
         C.cpu_topk_fused(ptr(q), Q, ptr(keys), dtype_code(keys, "keys"), N, q.shape[1],
                          0 if bias is None else ptr(bias), 1.0 / tau, k, ptr(values), ptr(indices),
                          TOPK_KERNELS[kernel], _threads())
-    else:
-        _topk_tiles(q, keys, k, tau, bias, values, indices)
     C.cpu_topk_finalize(ptr(values), ptr(indices), Q, k, _threads())
     return values, indices
 

@@ -9,15 +9,15 @@ run on a GPU, so ``backend="auto"`` never picks them: ask for ``backend="cuda"``
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .._extension import cuda_compiled, cuda_device_status, dtype_code, extension, extension_error, ptr
-from ..ops.aggregation import GRAD, LSE, combine_partials
+from ..ops.aggregation import GRAD, LSE
 from ..ops.bank_update import BANK_UPDATE
-from ..ops.topk import TOPK, TopkLimits, kept_size, merge_candidates
+from ..ops.topk import TOPK, TopkLimits, kept_size
 from ..registry import Backend, Call, Limits, register_backend, register_kernel
 from . import fp32_as_tf32
 
@@ -77,7 +77,9 @@ def _exact_fp32(bank: Tensor) -> bool:
 
 @register_kernel(LSE, "cuda", limits=LIMITS)
 def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-               tau: float) -> Tuple[Tensor, Tensor]:
+               tau: float) -> Tensor:
+    """parts [4, S, B]: per slice of the bank, the running (max, sum) of all rows and of
+    same-label rows (``ops.aggregation.combine_partials`` merges them)."""
     B, D = queries.shape
     N = bank.shape[0]
     C = extension()
@@ -88,7 +90,7 @@ def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels:
     C.cuda_aggregation_forward(ptr(q), ptr(bank), dtype_code(bank, "bank"), ptr(bank_labels),
                                ptr(query_labels), ptr(parts), B, N, D, splits, n_per_split,
                                1.0 / tau, _exact_fp32(bank), device, _stream(bank))
-    return combine_partials(parts)
+    return parts
 
 
 @register_kernel(GRAD, "cuda", limits=LIMITS)
@@ -120,14 +122,14 @@ def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
 
 @register_kernel(TOPK, "cuda", limits=TOPK_LIMITS)
 def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
-                key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Fused mma.sync similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu).
-    16-bit keys keep up to RESCORE_MARGIN extra candidates (fewer when k + margin would
-    pass the kept-list limit) that are re-scored in fp32 on the host."""
+                key_bias: Optional[Tensor]) -> Tensor:
+    """Fused mma.sync similarity tiles + threshold filter + warp bitonic merges (csrc/cuda/topk.cu)
+    -> packed candidates [S, Q, KP] (``ops.topk.run_topk`` merges them). 16-bit keys keep
+    up to RESCORE_MARGIN extra candidates (fewer when k + margin would pass the kept-list
+    limit), which the merge re-scores in fp32."""
     Q, D = queries.shape
     N = keys.shape[0]
     C = extension()
-    rescore = keys.dtype != torch.float32
     kp = min(kept_size(k, N, keys.dtype, smallest=32), _limit("cuda_max_kept"))
     device = keys.device.index
     code = dtype_code(keys, "keys")
@@ -136,4 +138,4 @@ def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
     candidates = torch.empty(splits, Q, kp, dtype=torch.int64, device=keys.device)
     C.cuda_topk(ptr(q), ptr(keys), code, 0 if key_bias is None else ptr(key_bias), ptr(candidates),
                 Q, N, D, kp, splits, n_per_split, 1.0 / tau, _exact_fp32(keys), device, _stream(keys))
-    return merge_candidates(candidates, queries, keys, k, tau, key_bias, rescore)
+    return candidates

@@ -19,7 +19,10 @@ Two launchers per backend, each registered to ``LSE`` or ``GRAD`` in its own fil
     triton     llp_kernels.backends.triton.aggregation.launch_lse, launch_grad
 
 ``LSE`` launchers take ``(queries [B, D], bank [N, D], bank_labels [N] int64,
-query_labels [B] int64, tau)`` and return ``(lse_all, lse_same)`` [B]; ``GRAD`` launchers
+query_labels [B] int64, tau)`` and return ``(lse_all, lse_same)`` [B], or (the GPU
+kernels, which split the bank into S slices) ``parts`` [4, S, B]: each slice's running
+maximum and sum of exponentials over all rows and over same-label rows, which the op
+merges with ``combine_partials``; ``GRAD`` launchers
 take those and ``(lse_all, lse_same, scale)`` [B] from ``backward_inputs`` and return
 ``dq_b = scale_b * (sum_j p_bj bank_j - sum_{j same} p'_bj bank_j)`` [B, D]. A backend
 declares ``Limits`` (the largest D) for each.
@@ -30,8 +33,8 @@ Host rules, shared by the backends:
 query label no bank row carries (``lse_same = -inf``; its loss is the constant ``+inf``)
 gets ``scale = 0`` and finite placeholder LSEs, so the backward kernels need no special
 case; a row with any other non-finite LSE (a NaN or inf upstream) gets a NaN gradient.
-``combine_partials`` merges the per-slice forward partials of the GPU kernels, which split
-the bank into S slices, in a fixed order.
+``combine_partials`` merges the per-slice forward partials of the GPU kernels in a fixed
+order (deterministic).
 """
 from __future__ import annotations
 
@@ -160,8 +163,8 @@ def _aggregation_lse_op(queries: Tensor, bank: Tensor, bank_labels: Tensor,
                         query_labels: Tensor, tau: float, backend: str) -> Tuple[Tensor, Tensor]:
     check.labels_in_range("query_labels", query_labels, 0, None)
     check.labels_in_range("bank_labels", bank_labels, -1, None)
-    lse_all, lse_same = LSE.kernels[backend](queries, bank, bank_labels,
-                                                            query_labels, tau)
+    out = LSE.kernels[backend](queries, bank, bank_labels, query_labels, tau)
+    lse_all, lse_same = combine_partials(out) if isinstance(out, Tensor) else out
     return lse_all.float(), lse_same.float()
 
 

@@ -6,9 +6,9 @@ over ``N_T(l_i)``, the T unlabeled rows most similar to ``l_i``. The paper's P(v
 also divides by a global normaliser Z; it is the same for every labeled row and cancels
 in the normalised votes of ``propagate_labels``, so it is dropped.
 
-No launchers of its own: it runs the backend's top-k launcher (``TOPK``,
-``llp_kernels.ops.topk``, which names them) and sums the T scores on the host, so it
-takes what that backend declares for top-k with k = T.
+No launchers of its own: it runs the backend's top-k launcher (``TOPK`` through
+``llp_kernels.ops.topk.run_topk``; that module names them) and sums the T scores on the
+host, so it takes what that backend declares for top-k with k = T.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import _validate as check
 from ..defaults import T, TAU
 from ..registry import Call, resolve
-from .topk import TOPK, reference_topk_similarity
+from .topk import TOPK, reference_topk_similarity, run_topk
 
 __all__ = ["local_density", "reference_local_density"]
 
@@ -32,7 +32,7 @@ def reference_local_density(labeled: Tensor, unlabeled: Tensor, t: int = T, tau:
 @torch.library.custom_op("llp::local_density", mutates_args=())
 def _local_density_op(labeled: Tensor, unlabeled: Tensor, t: int, tau: float,
                       backend: str) -> Tensor:
-    values, _ = TOPK.kernels[backend](labeled, unlabeled, t, tau, None)
+    values, _ = run_topk(backend, labeled, unlabeled, t, tau, None)
     return torch.logsumexp(values.float(), dim=1)
 
 

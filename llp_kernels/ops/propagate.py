@@ -8,9 +8,9 @@ with ``s(a, b) = a . b / tau`` and ``N_K(q)`` the K best labeled rows by score. 
 per-query normaliser of P(v_i | v) cancels. ``log_density=None`` is plain weighted kNN
 (the NoDW ablation).
 
-No launchers of its own: the backend's top-k launcher (``TOPK``, ``llp_kernels.ops.topk``,
-which names them) finds N_K(q) with ``key_bias = log_density``; the vote is
-``llp_kernels.ops.class_vote.vote``.
+No launchers of its own: the backend's top-k launcher (``TOPK`` through
+``llp_kernels.ops.topk.run_topk``; that module names them) finds N_K(q) with
+``key_bias = log_density``; the vote is ``llp_kernels.ops.class_vote.vote``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .. import _validate as check
 from ..defaults import K, TAU
 from ..registry import Call, resolve
 from .class_vote import vote
-from .topk import TOPK, reference_topk_similarity
+from .topk import TOPK, reference_topk_similarity, run_topk
 
 __all__ = ["propagate_labels", "reference_propagate_labels"]
 
@@ -45,7 +45,7 @@ def _propagate_op(queries: Tensor, labeled: Tensor, labeled_labels: Tensor,
                   log_density: Optional[Tensor], k: int, tau: float, num_classes: int,
                   backend: str) -> Tuple[Tensor, Tensor]:
     check.labels_in_range("labeled_labels", labeled_labels, 0, num_classes if num_classes > 0 else None)
-    scores, neighbours = TOPK.kernels[backend](queries, labeled, k, tau, log_density)
+    scores, neighbours = run_topk(backend, queries, labeled, k, tau, log_density)
     labels, confidence = vote(scores.float(), labeled_labels[neighbours])
     return labels, confidence.float()
 

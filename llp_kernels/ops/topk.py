@@ -5,18 +5,16 @@
 Launchers, one per backend, each registered to ``TOPK`` in its own file:
 
     reference  reference_topk_similarity (below)
-    cpu        llp_kernels.backends.cpu.launch_topk     -> csrc/cpu/topk.cpp
+    cpu        llp_kernels.backends.cpu.launch_topk     -> csrc/cpu/topk_fused.cpp, topk.cpp
     cuda       llp_kernels.backends.cuda.launch_topk    -> csrc/cuda/topk.cu
     triton     llp_kernels.backends.triton.topk.launch_topk
 
 A launcher takes ``(queries [Q, D], keys [N, D], k, tau, key_bias [N] fp32 or None)``,
 validated and contiguous, and returns ``(values fp32 [Q, k] sorted descending, indices
-int64 [Q, k])``. A backend declares ``TopkLimits``: the largest D and, per call, the
-largest k.
-
-The GPU kernels split the keys into S slices and report each kept score as one packed
-int64 key (``unpack``); ``merge_candidates`` merges the slices on the host and re-scores
-16-bit candidates in fp32.
+int64 [Q, k])``, or (the GPU kernels, which split the keys into S slices) the kept
+candidates ``[S, Q, KP]``, each score packed with its index into one int64 (``unpack``),
+which ``run_topk`` merges with ``merge_candidates`` (re-scoring 16-bit candidates in
+fp32). A backend declares ``TopkLimits``: the largest D and, per call, the largest k.
 """
 from __future__ import annotations
 
@@ -32,7 +30,7 @@ from ..registry import Call, Limits, Op, resolve
 from ._similarity import logits
 
 __all__ = ["TOPK", "TopkLimits", "kept_size", "merge_candidates", "rank_descending", "reference_topk_similarity",
-           "topk_similarity", "unpack"]
+           "run_topk", "topk_similarity", "unpack"]
 
 
 @dataclass(frozen=True)
@@ -132,10 +130,21 @@ def merge_candidates(candidates: Tensor, queries: Tensor, keys: Tensor, k: int, 
 
 # ---- the custom op and the public function -----------------------------------------------
 
+def run_topk(backend: str, queries: Tensor, keys: Tensor, k: int, tau: float,
+             key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``TOPK``'s launcher of ``backend`` -> (values [Q, k], indices [Q, k]). A launcher
+    that returns packed candidates [S, Q, KP] int64 (the GPU kernels: KP per row from each
+    of S slices of the keys) has them merged here, re-scored for 16-bit keys."""
+    out = TOPK.kernels[backend](queries, keys, k, tau, key_bias)
+    if isinstance(out, Tensor):
+        return merge_candidates(out, queries, keys, k, tau, key_bias, keys.dtype != torch.float32)
+    return out
+
+
 @torch.library.custom_op("llp::topk_similarity", mutates_args=())
 def _topk_op(queries: Tensor, keys: Tensor, k: int, tau: float, key_bias: Optional[Tensor],
              backend: str) -> Tuple[Tensor, Tensor]:
-    values, indices = TOPK.kernels[backend](queries, keys, k, tau, key_bias)
+    values, indices = run_topk(backend, queries, keys, k, tau, key_bias)
     return values.float(), indices.long()
 
 

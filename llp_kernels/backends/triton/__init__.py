@@ -1,10 +1,13 @@
-"""The ``triton`` backend: fused Triton kernels, one file per op (``aggregation.py``,
-``topk.py``, ``bank_update.py``; shared tiles in ``_launch.py``).
+"""The ``triton`` backend: fused Triton kernels, one file per op, each registering its
+launchers to its op: ``aggregation.py`` (``LSE``, ``GRAD``), ``topk.py`` (``TOPK``),
+``bank_update.py`` (``BANK_UPDATE``); shared tiles and block sizes in ``_launch.py``.
 
-This file registers the backend and, to each op, a launcher that imports its kernel
-file on the first launch: Triton is imported only then. On CPU tensors the kernels run
-only under Triton's interpreter (``TRITON_INTERPRET=1`` set before the first import of
-triton), which is how CI checks them.
+This file declares the backend and the limits its launchers register with, then imports
+the kernel files if Triton imports; without Triton, ``import llp_kernels`` still works
+and the backend says why it cannot run. Triton fixes when a kernel is defined (at that
+import) whether it is compiled or interpreted: on CPU tensors the kernels run only under
+its interpreter, ``TRITON_INTERPRET=1`` set before ``llp_kernels`` is imported, which is
+how CI checks them.
 """
 from __future__ import annotations
 
@@ -14,10 +17,8 @@ from typing import Optional
 
 import torch
 
-from ...ops.aggregation import GRAD, LSE
-from ...ops.bank_update import BANK_UPDATE
-from ...ops.topk import RESCORE_MARGIN, TOPK, TopkLimits
-from ...registry import Backend, Call, Limits, register_backend, register_kernel
+from ...ops.topk import RESCORE_MARGIN, TopkLimits
+from ...registry import Backend, Call, Limits, register_backend
 
 MAX_DIM = 256
 
@@ -30,29 +31,31 @@ MAX_DIM = 256
 MAX_KEPT = 128
 
 
-def installed() -> str:
-    return "" if importlib.util.find_spec("triton") is not None else "triton is not installed (pip install triton)"
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _device_check(device: torch.device) -> str:
-    if device.type == "cpu" and not interpreting():
-        return "on CPU tensors it needs TRITON_INTERPRET=1 (set before triton is imported)"
-    return ""
-
-
 def _max_k(call: Call) -> Optional[int]:
     """k such that its kept list (k, plus the re-score margin for 16-bit keys) fits."""
     dtype = call.dtype or torch.float32
     return MAX_KEPT - (0 if dtype == torch.float32 else RESCORE_MARGIN)
 
 
+LIMITS = Limits(max_dim=MAX_DIM)
+TOPK_LIMITS = TopkLimits(max_dim=MAX_DIM, max_k=_max_k)
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")  # when the kernels are defined
+
+
+def _environment() -> str:
+    return _why_not_here
+
+
+def _device_check(device: torch.device) -> str:
+    if device.type == "cpu" and not INTERPRETED:
+        return "on CPU tensors it needs TRITON_INTERPRET=1 (set before llp_kernels is imported)"
+    return ""
+
+
 def _details() -> str:
     from importlib.metadata import version
-    mode = ("interpreter on (CPU tensors run)" if interpreting()
+    mode = ("interpreter on (CPU tensors run)" if INTERPRETED
             else "CUDA tensors; CPU tensors need TRITON_INTERPRET=1")
     return f"triton {version('triton')}, {mode}"
 
@@ -61,35 +64,24 @@ register_backend(Backend(
     name="triton",
     summary="fused Triton kernels",
     devices=("cuda", "cpu"),
-    environment=installed,
+    environment=_environment,
     device_check=_device_check,
     auto_devices=("cuda",),
     auto_priority=0,
     rounds_queries_to_bank_dtype=True,
     details=_details,
 ))
-LIMITS = Limits(max_dim=MAX_DIM)
 
 
-@register_kernel(LSE, "triton", limits=LIMITS)
-def launch_lse(*args):
-    from .aggregation import launch_lse
-    return launch_lse(*args)
+def _import_kernels() -> str:
+    """Imports the kernel files (each registers its launchers); why not, if they cannot."""
+    try:
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (pip install triton)"
+        from . import aggregation, bank_update, topk  # noqa: F401
+    except Exception as error:  # a broken install must not break the other backends
+        return f"triton could not be imported ({type(error).__name__}: {error})"
+    return ""
 
 
-@register_kernel(GRAD, "triton", limits=LIMITS)
-def launch_grad(*args):
-    from .aggregation import launch_grad
-    return launch_grad(*args)
-
-
-@register_kernel(TOPK, "triton", limits=TopkLimits(max_dim=MAX_DIM, max_k=_max_k))
-def launch_topk(*args):
-    from .topk import launch_topk
-    return launch_topk(*args)
-
-
-@register_kernel(BANK_UPDATE, "triton", limits=LIMITS)
-def launch_bank_update(*args):
-    from .bank_update import launch_bank_update
-    return launch_bank_update(*args)
+_why_not_here = _import_kernels()

@@ -6,7 +6,7 @@ Forward, per program (a block of queries x one slice of N): for each bank tile,
 whose label equals the query's. The same-label sum reuses the all-row exponentials
 (one exp per logit) unless its maximum sits more than 60 nats below the overall one
 (rows far from unit norm), when it takes its own exponentials. Partials per slice go to
-[S, B] buffers and are combined on the host with logsumexp.
+[S, B] buffers, which the op merges (``ops.aggregation.combine_partials``).
 
 Backward: ``w = g/tau * (exp(s - lse_all) - [same] exp(s - lse_same))`` per tile and
 ``dq += w @ bank_tile``; per-slice partials [S, B, D] are summed on the host.
@@ -16,14 +16,14 @@ products with fp32 accumulation.
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...ops.aggregation import combine_partials
+from ...ops.aggregation import GRAD, LSE
+from ...registry import register_kernel
+from . import LIMITS
 from ._launch import (Launch, blocks, fma_block_n, input_precision, program_rows, same_label,
                       similarity_tile, split_n, widen_16bit)
 
@@ -171,38 +171,40 @@ def plan(rows: int, dim: int, bank_dtype: torch.dtype, precision: str, on_gpu: b
 
 
 def _launch(queries: Tensor, bank: Tensor, backward: bool):
+    """(queries in the bank's dtype, the kernel's configuration, its grid, bank rows per
+    slice) for one call."""
     B, D = queries.shape
     on_gpu = bank.device.type == "cuda"
     launch = plan(B, D, bank.dtype, input_precision(bank.dtype), on_gpu, backward)
     c = launch.constants
     row_blocks = triton.cdiv(B, c["BLOCK_B"])
     splits, n_per_split = split_n(row_blocks, bank.shape[0], c["BLOCK_N"], bank.device)
-    return launch, (row_blocks, splits), n_per_split
+    return queries.to(bank.dtype), launch, (row_blocks, splits), n_per_split
 
 
+@register_kernel(LSE, "triton", limits=LIMITS)
 def launch_lse(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
-               tau: float) -> Tuple[Tensor, Tensor]:
+               tau: float) -> Tensor:
+    """parts [4, S, B]: per slice of the bank, the running (max, sum) of all rows and of
+    same-label rows."""
     B, D = queries.shape
-    N = bank.shape[0]
-    launch, grid, n_per_split = _launch(queries, bank, backward=False)
-    queries = queries.to(bank.dtype)
-    parts = torch.empty(4, grid[1], B, dtype=torch.float32, device=queries.device)
+    q, launch, grid, n_per_split = _launch(queries, bank, backward=False)
+    parts = torch.empty(4, grid[1], B, dtype=torch.float32, device=bank.device)
     _lse_forward_kernel[grid](
-        queries, bank, bank_labels, query_labels, parts[0], parts[1], parts[2], parts[3],
-        B, N, D, n_per_split, 1.0 / tau, **launch.constants,
+        q, bank, bank_labels, query_labels, parts[0], parts[1], parts[2], parts[3],
+        B, bank.shape[0], D, n_per_split, 1.0 / tau, **launch.constants,
         **launch.options(bank.device.type == "cuda"))
-    return combine_partials(parts)
+    return parts
 
 
+@register_kernel(GRAD, "triton", limits=LIMITS)
 def launch_grad(queries: Tensor, bank: Tensor, bank_labels: Tensor, query_labels: Tensor,
                 lse_all: Tensor, lse_same: Tensor, scale: Tensor, tau: float) -> Tensor:
     B, D = queries.shape
-    N = bank.shape[0]
-    launch, grid, n_per_split = _launch(queries, bank, backward=True)
-    queries = queries.to(bank.dtype)
-    parts = torch.empty(grid[1], B, D, dtype=torch.float32, device=queries.device)
+    q, launch, grid, n_per_split = _launch(queries, bank, backward=True)
+    parts = torch.empty(grid[1], B, D, dtype=torch.float32, device=bank.device)
     _lse_backward_kernel[grid](
-        queries, bank, bank_labels, query_labels, lse_all, lse_same, scale, parts,
-        B, N, D, n_per_split, 1.0 / tau, **launch.constants,
+        q, bank, bank_labels, query_labels, lse_all, lse_same, scale, parts,
+        B, bank.shape[0], D, n_per_split, 1.0 / tau, **launch.constants,
         **launch.options(bank.device.type == "cuda"))
     return parts.sum(dim=0)

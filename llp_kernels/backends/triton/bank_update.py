@@ -11,6 +11,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ...ops.bank_update import BANK_UPDATE
+from ...registry import register_kernel
+from . import LIMITS
 from ._launch import Launch
 
 
@@ -41,6 +44,7 @@ def plan(dim: int) -> Launch:
     return Launch(dict(BLOCK_D=block_d), 4 if block_d >= 512 else 1, 1)
 
 
+@register_kernel(BANK_UPDATE, "triton", limits=LIMITS)
 def launch_bank_update(bank: Tensor, indices: Tensor, embeddings: Tensor,
                        momentum: float) -> None:
     B, D = embeddings.shape

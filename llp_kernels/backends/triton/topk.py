@@ -15,23 +15,25 @@ could overflow is there a merge: each queue is sorted into its row's kept list w
 ``tl.topk`` and the floors rise (FAISS's WarpSelect idea: expected candidates per row
 are about ``KP ln(N / KP)``, so merges are rare once the floors have risen). The key
 tile does not grow with k: CAP = max(KP, BLOCK_N).
-Per-slice candidates [S, Q, KP] are merged on the host with ``torch.topk``.
+The launcher returns the per-slice candidates [S, Q, KP], which the op merges on the host
+(``llp_kernels.ops.topk.run_topk``).
 
 16-bit keys: queries are rounded to the keys' dtype for the tensor-core product, so
-near-ties could swap; the kernel keeps extra candidates and the host re-scores them in
-fp32 before the final k (``llp_kernels.ops.topk.merge_candidates``). Supported k: the
-``TopkLimits`` the triton backend registers.
+near-ties could swap; the kernel keeps extra candidates, which the merge re-scores in fp32
+before the final k. Supported k: ``TOPK_LIMITS`` of the triton backend.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...ops.topk import kept_size, merge_candidates
+from ...ops.topk import TOPK, kept_size
+from ...registry import register_kernel
+from . import TOPK_LIMITS
 from ._launch import (Launch, blocks, fma_block_n, input_precision, program_rows, similarity_tile, split_n,
                       widen_16bit)
 
@@ -176,8 +178,9 @@ def plan(rows: int, dim: int, kp: int, key_dtype: torch.dtype, precision: str, o
                   blk.warps, blk.stages)
 
 
+@register_kernel(TOPK, "triton", limits=TOPK_LIMITS)
 def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
-                key_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+                key_bias: Optional[Tensor]) -> Tensor:
     Q, D = queries.shape
     N = keys.shape[0]
     on_gpu = keys.device.type == "cuda"
@@ -191,4 +194,4 @@ def launch_topk(queries: Tensor, keys: Tensor, k: int, tau: float,
     _topk_kernel[(row_blocks, splits)](
         queries.to(keys.dtype), keys, key_bias if key_bias is not None else keys, candidates, queues,
         Q, N, D, n_per_split, 1.0 / tau, **c, **launch.options(on_gpu))
-    return merge_candidates(candidates, queries, keys, k, tau, key_bias, keys.dtype != torch.float32)
+    return candidates
