@@ -108,6 +108,19 @@ def test_torch_compile_fullgraph_through_aggregation_loss():
     torch.testing.assert_close(grad_compiled, layer.weight.grad, rtol=1e-5, atol=1e-6)
 
 
+def _fresh_python(code: str, **variables) -> subprocess.CompletedProcess:
+    """``code`` run by a new interpreter that imports this checkout, without LLP_BACKEND;
+    each of ``variables`` set in its environment, or removed where it is None."""
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    env.pop("LLP_BACKEND", None)
+    for name, value in variables.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
 def test_import_without_triton_keeps_the_other_backends():
     """With triton unimportable, llp_kernels still imports, the triton backend says why
     it cannot run, and the other backends run."""
@@ -131,10 +144,7 @@ def test_import_without_triton_keeps_the_other_backends():
         "else:\n"
         "    raise SystemExit('triton backend should be refused')\n"
     )
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": repo, "TRITON_INTERPRET": "1"}
-    env.pop("LLP_BACKEND", None)
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    result = _fresh_python(code, TRITON_INTERPRET="1")
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -154,10 +164,7 @@ def test_triton_on_cpu_tensors_needs_the_interpreter_from_import():
         "else:\n"
         "    raise SystemExit('triton on CPU tensors should be refused')\n"
     )
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LLP_BACKEND")}
-    env["PYTHONPATH"] = repo
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    result = _fresh_python(code, TRITON_INTERPRET=None)
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -189,8 +196,5 @@ def test_import_without_extension_warns_once_and_reference_works():
         "else:\n"
         "    raise SystemExit('cpu backend should be refused')\n"
     )
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": repo}
-    env.pop("LLP_BACKEND", None)
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    result = _fresh_python(code)
     assert result.returncode == 0, result.stderr + result.stdout
